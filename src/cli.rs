@@ -1,0 +1,206 @@
+//! Command-line definitions (clap derive). `main.rs` dispatches; the work is in the library.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes a script can rely on.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The command failed (bad input, job not found, reload rejected…).
+    pub const FAILURE: i32 = 1;
+    /// `resque status`: the job is not tracked (no status key, or it expired).
+    pub const NOT_TRACKED: i32 = 3;
+    /// Redis (or the daemon) could not be reached (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: i32 = 69;
+    /// Invalid configuration (EX_CONFIG); systemd's RestartPreventExitStatus=78.
+    pub const CONFIG: i32 = 78;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "resque",
+    version,
+    about = "A systemd-native, Resque-compatible job worker daemon",
+    long_about = "Runs Resque jobs (php-resque, Ruby resque, node-resque) from Redis under systemd, \
+                  and manages them: enqueue, status, queues, workers, stats, failed jobs."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "FILE", env = "RESQUE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Instance name: applies `[instance.NAME]` (without a section: works the queue NAME).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Redis URL (redis://[:password@]host:port/db, rediss://…, unix:///path?db=N); overrides
+    /// the file and REDIS_BACKEND.
+    #[arg(long, global = true, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Key namespace (default "resque"; "" for none); overrides the file and PREFIX.
+    #[arg(long, global = true, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (what `systemctl start resque@NAME` runs).
+    Start(StartArgs),
+    /// Stop the running daemon: graceful, or at once with --now.
+    Stop {
+        /// Kill running jobs and put them back in their queues (SIGINT) instead of draining.
+        #[arg(long)]
+        now: bool,
+        /// Return only when the daemon has exited.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: DaemonTarget,
+    },
+    /// Reload the configuration of the running daemon (SIGHUP).
+    Reload {
+        /// Wait for the result; fail with the reason if the new configuration is rejected.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: DaemonTarget,
+    },
+    /// Stop reserving new jobs in the running daemon (SIGUSR2).
+    Pause {
+        #[command(flatten)]
+        target: DaemonTarget,
+    },
+    /// Resume reserving jobs (SIGCONT).
+    Resume {
+        #[command(flatten)]
+        target: DaemonTarget,
+    },
+    /// Put a job into a queue (php-resque's format); prints its id.
+    Enqueue {
+        /// Queue name.
+        queue: String,
+        /// Job class, e.g. 'Common\Job\MailJob'.
+        class: String,
+        /// Arguments as a JSON object or array: what a PHP job sees as $this->args.
+        args: Option<String>,
+        /// Track the job's status (php-resque's $trackStatus).
+        #[arg(long)]
+        track: bool,
+    },
+    /// Show the status of a tracked job: waiting, running, failed, complete or not tracked.
+    Status {
+        /// Job id (as printed by enqueue).
+        #[arg(long)]
+        id: String,
+        /// Keep printing the status every second until it is final.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List queues and their lengths.
+    Queues,
+    /// List registered workers and what they are doing.
+    Workers,
+    /// Show processed/failed counters, pending jobs and workers.
+    Stats,
+    /// Inspect and act on the failed-jobs list.
+    #[command(subcommand)]
+    Failed(FailedCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Generate the man page or shell completions (used to build the package).
+    #[command(hide = true, subcommand)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DaemonTarget {
+    /// PID file of the daemon (default: the configured pid_file, then the runtime directory).
+    #[arg(long, value_name = "FILE")]
+    pub pid: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct StartArgs {
+    /// Queues to work, comma-separated, in priority order; "*" = all (php-resque's QUEUE).
+    #[arg(long, value_name = "LIST")]
+    pub queue: Option<String>,
+    /// Number of workers (COUNT).
+    #[arg(long, value_name = "N")]
+    pub count: Option<String>,
+    /// Seconds between safety polls of idle workers (INTERVAL); jobs start at once anyway.
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<String>,
+    /// PID file (PIDFILE).
+    #[arg(long, value_name = "FILE")]
+    pub pid: Option<PathBuf>,
+    /// Debug logging (VVERBOSE); `--debug=1` as in the seed.
+    #[arg(long, value_name = "0|1", num_args = 0..=1, default_missing_value = "1")]
+    pub debug: Option<String>,
+    /// PHP bootstrap file loaded once per PHP worker process (APP_INCLUDE).
+    #[arg(long, value_name = "FILE")]
+    pub app: Option<PathBuf>,
+    /// Time running jobs get to finish on SIGTERM before they are killed and requeued.
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FailedCommand {
+    /// List failure records.
+    List {
+        /// First index.
+        #[arg(long, default_value_t = 0)]
+        start: isize,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+    /// Show one failure record in full.
+    Show { index: isize },
+    /// Put a failed job back into its queue, keeping its id, and remove the record.
+    Retry {
+        /// Index in the failed list.
+        #[arg(required_unless_present = "all")]
+        index: Option<isize>,
+        /// Retry every failed job.
+        #[arg(long, conflicts_with = "index")]
+        all: bool,
+    },
+    /// Remove one failure record.
+    Remove { index: isize },
+    /// Remove every failure record.
+    Clear,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file, instance, environment); exit 78 if invalid.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Man pages (resque.1 and one per subcommand).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// bash, zsh and fish completions.
+    Completions {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}

@@ -1,0 +1,455 @@
+//! The client side: enqueue, job status, queues, workers, stats and the failed list.
+//!
+//! Used by the CLI and by applications embedding the library. Every read tolerates what other
+//! implementations write; every write keeps php-resque's shapes.
+
+use crate::config::RedisConfig;
+use crate::protocol::{
+    commands, new_job_id, FailureRecord, JobStatus, Keys, Payload, PayloadError, StatusRecord,
+    WorkerId, WorkerRecord,
+};
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach Redis at {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis at {address}: {source}")]
+    Redis {
+        address: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no failed job at index {0} (the failed list has {1})")]
+    NoSuchFailure(isize, usize),
+    #[error("failed job at index {index} cannot be retried: {reason}")]
+    NotRetryable { index: isize, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// What `resque status` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    pub id: String,
+    /// `waiting`, `running`, `failed`, `complete`, or `not tracked`.
+    pub status: String,
+    /// php-resque's integer, if tracked.
+    pub code: Option<i64>,
+    pub updated: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueInfo {
+    pub name: String,
+    pub length: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: Option<u32>,
+    pub queues: Vec<String>,
+    pub started: Option<String>,
+    pub heartbeat: Option<String>,
+    /// The job it is working on, if busy.
+    pub working_on: Option<WorkerRecord>,
+    pub processed: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    pub processed: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub queues: usize,
+    pub workers: usize,
+    pub working: usize,
+    pub failed_list: usize,
+}
+
+/// One element of the failed list: its index, and the record (or the text if unreadable).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailedEntry {
+    pub index: isize,
+    #[serde(flatten)]
+    pub record: Option<FailureRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+/// A connection to one Redis, under one namespace.
+pub struct Client {
+    conn: redis::aio::MultiplexedConnection,
+    keys: Keys,
+    address: String,
+}
+
+impl Client {
+    pub async fn connect(config: &RedisConfig) -> Result<Client> {
+        let address = config.display.clone();
+        let client = config.client().map_err(|source| ClientError::Connect {
+            address: address.clone(),
+            source,
+        })?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config.async_config())
+            .await
+            .map_err(|source| ClientError::Connect {
+                address: address.clone(),
+                source,
+            })?;
+        Ok(Client {
+            conn,
+            keys: config.keys(),
+            address,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn redis_err(&self) -> impl Fn(redis::RedisError) -> ClientError + '_ {
+        |source| ClientError::Redis {
+            address: self.address.clone(),
+            source,
+        }
+    }
+
+    /// Enqueues a job as php-resque does and returns its id. `args` is PHP's `$args` (an object
+    /// or array; `None` gives php-resque's `[null]`). A tracked job's WAITING status is written
+    /// before the job is pushed.
+    pub async fn enqueue(
+        &mut self,
+        queue: &str,
+        class: &str,
+        args: Option<Value>,
+        track: bool,
+    ) -> Result<String> {
+        check_queue_name(queue)?;
+        if class.trim().is_empty() {
+            return Err(ClientError::Invalid(
+                "the job class must not be empty".into(),
+            ));
+        }
+        let args = match args {
+            None => Value::Null,
+            Some(v @ (Value::Object(_) | Value::Array(_))) => v,
+            Some(other) => {
+                return Err(ClientError::Invalid(format!(
+                    "job arguments must be a JSON object or array (as php-resque requires), not {other}"
+                )))
+            }
+        };
+        let id = new_job_id();
+        let payload = Payload::new_php(class, args, &id);
+        commands::enqueue(&self.keys, queue, &payload, track)
+            .query_async::<()>(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(id)
+    }
+
+    /// Pushes an existing payload text (for retries and interop) after checking it decodes.
+    pub async fn push_raw(&mut self, queue: &str, raw: &str) -> Result<()> {
+        check_queue_name(queue)?;
+        let payload = Payload::parse(raw).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        commands::enqueue(&self.keys, queue, &payload, false)
+            .query_async::<()>(&mut self.conn)
+            .await
+            .map_err(self.redis_err())
+    }
+
+    /// The status of a tracked job, as `Resque\Job\Status::get()` reads it.
+    pub async fn status(&mut self, id: &str) -> Result<StatusReport> {
+        let id = id.trim();
+        if id.is_empty() || id.contains(char::is_whitespace) {
+            return Err(ClientError::Invalid(format!("{id:?} is not a job id")));
+        }
+        let key = self.keys.job_status(id, None);
+        let text: Option<String> = self.conn.get(&key).await.map_err(self.redis_err())?;
+        let Some(text) = text else {
+            return Ok(StatusReport {
+                id: id.into(),
+                status: "not tracked".into(),
+                code: None,
+                updated: None,
+            });
+        };
+        let record = StatusRecord::parse(&text)
+            .map_err(|e| ClientError::Invalid(format!("job {id}: {e}")))?;
+        Ok(StatusReport {
+            id: id.into(),
+            status: record.job_status().name().into(),
+            code: Some(record.status),
+            updated: record.updated,
+        })
+    }
+
+    /// Queue names (sorted) with their lengths.
+    pub async fn queues(&mut self) -> Result<Vec<QueueInfo>> {
+        let mut names: Vec<String> = self
+            .conn
+            .smembers(self.keys.queues())
+            .await
+            .map_err(self.redis_err())?;
+        names.sort();
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.llen(self.keys.queue(name));
+        }
+        let lengths: Vec<usize> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(names
+            .into_iter()
+            .zip(lengths)
+            .map(|(name, length)| QueueInfo { name, length })
+            .collect())
+    }
+
+    /// The raw entries of a queue, from `start` to `stop` (inclusive, negative from the end).
+    pub async fn peek(&mut self, queue: &str, start: isize, stop: isize) -> Result<Vec<String>> {
+        self.conn
+            .lrange(self.keys.queue(queue), start, stop)
+            .await
+            .map_err(self.redis_err())
+    }
+
+    /// Registered workers (any implementation), with what they are working on.
+    pub async fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
+        let mut ids: Vec<String> = self
+            .conn
+            .smembers(self.keys.workers())
+            .await
+            .map_err(self.redis_err())?;
+        ids.sort();
+        let beats: std::collections::HashMap<String, String> = self
+            .conn
+            .hgetall(self.keys.workers_heartbeat())
+            .await
+            .map_err(self.redis_err())?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.get(self.keys.worker(id))
+                .get(self.keys.worker_started(id))
+                .get(self.keys.stat_processed_by(id))
+                .get(self.keys.stat_failed_by(id));
+        }
+        type Row = (Option<String>, Option<String>, Option<u64>, Option<u64>);
+        let rows: Vec<Row> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(ids
+            .into_iter()
+            .zip(rows)
+            .map(|(id, (record, started, processed, failed))| {
+                let parsed = WorkerId::parse(&id).ok();
+                WorkerInfo {
+                    host: parsed.as_ref().map(|p| p.host.clone()).unwrap_or_default(),
+                    pid: parsed.as_ref().map(|p| p.pid),
+                    queues: parsed.map(|p| p.queues).unwrap_or_default(),
+                    heartbeat: beats.get(&id).cloned(),
+                    working_on: record.and_then(|r| WorkerRecord::parse(&r).ok()),
+                    started,
+                    processed: processed.unwrap_or(0),
+                    failed: failed.unwrap_or(0),
+                    id,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn stats(&mut self) -> Result<Stats> {
+        let queues = self.queues().await?;
+        let workers = self.workers().await?;
+        let (processed, failed, failed_list): (Option<u64>, Option<u64>, usize) = redis::pipe()
+            .get(self.keys.stat_processed())
+            .get(self.keys.stat_failed())
+            .llen(self.keys.failed())
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(Stats {
+            processed: processed.unwrap_or(0),
+            failed: failed.unwrap_or(0),
+            pending: queues.iter().map(|q| q.length as u64).sum(),
+            queues: queues.len(),
+            working: workers.iter().filter(|w| w.working_on.is_some()).count(),
+            workers: workers.len(),
+            failed_list,
+        })
+    }
+
+    /// Failure records from `start`, at most `count`.
+    pub async fn failed(&mut self, start: isize, count: usize) -> Result<Vec<FailedEntry>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let texts: Vec<String> = self
+            .conn
+            .lrange(self.keys.failed(), start, start + count as isize - 1)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| match FailureRecord::parse(&text) {
+                Ok(record) => FailedEntry {
+                    index: start + i as isize,
+                    record: Some(record),
+                    unreadable: None,
+                },
+                Err(_) => FailedEntry {
+                    index: start + i as isize,
+                    record: None,
+                    unreadable: Some(text),
+                },
+            })
+            .collect())
+    }
+
+    pub async fn failed_count(&mut self) -> Result<usize> {
+        self.conn
+            .llen(self.keys.failed())
+            .await
+            .map_err(self.redis_err())
+    }
+
+    async fn failed_text(&mut self, index: isize) -> Result<String> {
+        let text: Option<String> = self
+            .conn
+            .lindex(self.keys.failed(), index)
+            .await
+            .map_err(self.redis_err())?;
+        match text {
+            Some(t) => Ok(t),
+            None => {
+                let len = self.failed_count().await?;
+                Err(ClientError::NoSuchFailure(index, len))
+            }
+        }
+    }
+
+    pub async fn failed_show(&mut self, index: isize) -> Result<FailedEntry> {
+        let text = self.failed_text(index).await?;
+        Ok(match FailureRecord::parse(&text) {
+            Ok(record) => FailedEntry {
+                index,
+                record: Some(record),
+                unreadable: None,
+            },
+            Err(_) => FailedEntry {
+                index,
+                record: None,
+                unreadable: Some(text),
+            },
+        })
+    }
+
+    /// Puts a failed job back into its queue with its id (so status tracking continues) and
+    /// removes it from the failed list. Returns the queue and job id.
+    pub async fn failed_retry(&mut self, index: isize) -> Result<(String, Option<String>)> {
+        let text = self.failed_text(index).await?;
+        let not_retryable = |reason: String| ClientError::NotRetryable { index, reason };
+        let record = FailureRecord::parse(&text).map_err(|e| not_retryable(e.to_string()))?;
+        let queue = record
+            .queue
+            .clone()
+            .chars()
+            .collect::<String>()
+            .trim()
+            .to_string();
+        let queue = if queue.is_empty() {
+            record
+                .payload
+                .get("queue")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            queue
+        };
+        if queue.is_empty() {
+            return Err(not_retryable("the record names no queue".into()));
+        }
+        let fields = match &record.payload {
+            Value::Object(map) => map.clone(),
+            Value::String(raw) => match serde_json::from_str::<Value>(raw) {
+                Ok(Value::Object(map)) => map,
+                _ => return Err(not_retryable("its payload is not a job".into())),
+            },
+            _ => return Err(not_retryable("its payload is not a job".into())),
+        };
+        let payload =
+            Payload::from_fields(fields).map_err(|e: PayloadError| not_retryable(e.to_string()))?;
+        // Remove exactly this entry (by value, like node-resque) and push the job in one MULTI,
+        // so it is neither lost nor duplicated if we are interrupted.
+        let mut pipe = commands::retry(&self.keys, &queue, &payload);
+        pipe.lrem(self.keys.failed(), 1, &text).ignore();
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        Ok((queue, payload.id().map(str::to_string)))
+    }
+
+    /// Removes one failure record (by value, so a concurrent change of indexes removes the
+    /// right one).
+    pub async fn failed_remove(&mut self, index: isize) -> Result<()> {
+        let text = self.failed_text(index).await?;
+        let _: usize = self
+            .conn
+            .lrem(self.keys.failed(), 1, &text)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(())
+    }
+
+    /// Empties the failed list; returns how many records were removed.
+    pub async fn failed_clear(&mut self) -> Result<usize> {
+        let (len, _): (usize, ()) = redis::pipe()
+            .atomic()
+            .llen(self.keys.failed())
+            .del(self.keys.failed())
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(len)
+    }
+
+    /// The current status code of a job, `None` if untracked (for `status --watch`).
+    pub async fn status_code(&mut self, id: &str) -> Result<Option<JobStatus>> {
+        Ok(self.status(id).await?.code.and_then(JobStatus::from_code))
+    }
+
+    /// The underlying connection, for callers that need more.
+    pub fn connection(&mut self) -> &mut redis::aio::MultiplexedConnection {
+        &mut self.conn
+    }
+}
+
+fn check_queue_name(queue: &str) -> Result<()> {
+    if queue.is_empty()
+        || queue.contains(char::is_whitespace)
+        || queue.contains(',')
+        || queue == "*"
+    {
+        return Err(ClientError::Invalid(format!(
+            "{queue:?} is not a queue name (no spaces, commas or \"*\")"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,1080 @@
+//! Configuration: `/etc/resque.toml` + `[instance.NAME]` + php-resque's environment variables +
+//! command-line flags, merged into one validated [`Config`].
+//!
+//! Precedence (highest first): flags, environment, `[instance.NAME]`, `[worker]`, defaults.
+//! Every error names where the bad value came from (file and line, variable or flag) and the key;
+//! the daemon exits with 78 (EX_CONFIG) on one. The Redis password never appears in errors.
+
+use crate::handler::exec::ExecSettings;
+use crate::handler::php::{Isolation, PhpSettings};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the configuration is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/resque.toml";
+
+/// A configuration error: where, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {key}: {message}")]
+pub struct ConfigError {
+    /// `/etc/resque.toml:12`, `environment variable COUNT`, `flag --count`.
+    pub origin: String,
+    /// `worker.count`, `redis.url`, …
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(origin: impl Into<String>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin: origin.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value types that validate while they are read, so TOML errors carry the line of the value.
+
+/// A duration: `"5s"`, `"500ms"`, `"2m"`, or a number of seconds (php-resque's `INTERVAL=5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl Seconds {
+    pub fn parse(text: &str) -> Result<Seconds, String> {
+        let text = text.trim();
+        if let Ok(secs) = text.parse::<f64>() {
+            return Duration::try_from_secs_f64(secs)
+                .map(Seconds)
+                .map_err(|_| format!("{text:?} is not a valid number of seconds"));
+        }
+        humantime::parse_duration(text).map(Seconds).map_err(|e| {
+            format!("{text:?} is not a duration ({e}); write e.g. \"5s\", \"500ms\", \"2m\" or 5")
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Float(f64),
+            Text(String),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::Int(n) if n >= 0 => Ok(Seconds(Duration::from_secs(n as u64))),
+            Raw::Int(n) => Err(format!("{n} is negative; a duration must be 0 or more")),
+            Raw::Float(f) => Seconds::parse(&f.to_string()),
+            Raw::Text(t) => Seconds::parse(&t),
+        };
+        parsed.map_err(serde::de::Error::custom)
+    }
+}
+
+/// A count of at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub u32);
+
+impl Count {
+    pub fn parse(text: &str) -> Result<Count, String> {
+        match text.trim().parse::<i64>() {
+            Ok(n) => Count::check(n),
+            Err(_) => Err(format!("{text:?} is not a whole number")),
+        }
+    }
+    fn check(n: i64) -> Result<Count, String> {
+        if n < 1 {
+            Err(format!("{n} is not allowed; count must be at least 1"))
+        } else if n > 1024 {
+            Err(format!("{n} is too many; count must be at most 1024"))
+        } else {
+            Ok(Count(n as u32))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Count::check(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes: `"256M"`, `"1G"`, `"512K"` or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    pub fn parse(text: &str) -> Result<Bytes, String> {
+        let t = text.trim();
+        let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size; write e.g. \"256M\""))?;
+        let factor = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 1,
+            "K" | "KB" | "KIB" => 1 << 10,
+            "M" | "MB" | "MIB" => 1 << 20,
+            "G" | "GB" | "GIB" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?}; use K, M or G")),
+        };
+        Ok(Bytes(n.saturating_mul(factor)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Bytes(n)),
+            Raw::Text(t) => Bytes::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Queue names: an array, or php-resque's comma-separated string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueList(pub Vec<String>);
+
+impl QueueList {
+    pub fn parse(text: &str) -> Result<QueueList, String> {
+        QueueList::check(text.split(',').map(|q| q.trim().to_string()).collect())
+    }
+    fn check(queues: Vec<String>) -> Result<QueueList, String> {
+        let queues: Vec<String> = queues.into_iter().filter(|q| !q.is_empty()).collect();
+        if queues.is_empty() {
+            return Err("no queue given; name at least one queue, or \"*\" for all".into());
+        }
+        if let Some(bad) = queues.iter().find(|q| q.contains(char::is_whitespace)) {
+            return Err(format!("queue name {bad:?} contains whitespace"));
+        }
+        Ok(QueueList(queues))
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::List(list) => QueueList::check(list),
+            Raw::Text(t) => QueueList::parse(&t),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn parse(text: &str) -> Result<LogLevel, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            other => Err(format!(
+                "unknown log level {other:?}; use error, warn, info, debug or trace"
+            )),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// What recovery does with a job found in the hands of a dead worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLost {
+    /// Put it back at the head of its queue (default).
+    Requeue,
+    /// Record it as failed (a dirty exit), as Ruby resque's pruning does.
+    Fail,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file, as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    redis: RedisSection,
+    #[serde(default)]
+    worker: WorkerSection,
+    #[serde(default)]
+    instance: BTreeMap<String, WorkerSection>,
+    #[serde(default)]
+    handler: Vec<HandlerSection>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    url: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    socket: Option<PathBuf>,
+    database: Option<i64>,
+    username: Option<String>,
+    password: Option<String>,
+    namespace: Option<String>,
+    connect_timeout: Option<Seconds>,
+    command_timeout: Option<Seconds>,
+}
+
+/// Keys allowed both in `[worker]` and in `[instance.NAME]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerSection {
+    queues: Option<QueueList>,
+    count: Option<Count>,
+    interval: Option<Seconds>,
+    shutdown_timeout: Option<Seconds>,
+    pid_file: Option<PathBuf>,
+    log_level: Option<LogLevel>,
+    on_lost: Option<OnLost>,
+    max_lost: Option<Count>,
+    dead_after: Option<Seconds>,
+}
+
+impl WorkerSection {
+    /// Fields set in `over` win.
+    fn overlay(mut self, over: &WorkerSection) -> WorkerSection {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+        }
+        take!(
+            queues,
+            count,
+            interval,
+            shutdown_timeout,
+            pid_file,
+            log_level,
+            on_lost,
+            max_lost,
+            dead_after
+        );
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum HandlerType {
+    Exec,
+    Php,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandlerSection {
+    class: toml::Spanned<String>,
+    #[serde(rename = "type")]
+    kind: HandlerType,
+    command: Option<Vec<String>>,
+    timeout: Option<Seconds>,
+    grace: Option<Seconds>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    working_dir: Option<PathBuf>,
+    php: Option<String>,
+    bootstrap: Option<PathBuf>,
+    isolation: Option<Isolation>,
+    max_jobs: Option<u32>,
+    max_memory: Option<Bytes>,
+    runner: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The result.
+
+/// How to reach Redis. `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub connection: redis::ConnectionInfo,
+    /// Key prefix, normalized (`resque:`; may be empty).
+    pub namespace: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// The address without credentials, for logs and errors.
+    pub display: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("address", &self.display)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl PartialEq for RedisConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.display == other.display
+            && self.namespace == other.namespace
+            && self.connection.redis_settings().password()
+                == other.connection.redis_settings().password()
+            && self.connection.redis_settings().username()
+                == other.connection.redis_settings().username()
+            && self.connect_timeout == other.connect_timeout
+            && self.command_timeout == other.command_timeout
+    }
+}
+
+impl RedisConfig {
+    /// A client for this Redis.
+    pub fn client(&self) -> Result<redis::Client, redis::RedisError> {
+        redis::Client::open(self.connection.clone())
+    }
+
+    /// Connection settings for the async connections.
+    pub fn async_config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+    }
+
+    pub fn keys(&self) -> crate::protocol::Keys {
+        crate::protocol::Keys::new(&self.namespace)
+    }
+}
+
+/// How one class pattern runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerKind {
+    Exec(ExecSettings),
+    Php(PhpSettings),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerConfig {
+    pub class: String,
+    pub kind: HandlerKind,
+}
+
+/// Settings of the worker pool of one daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    pub queues: Vec<String>,
+    pub count: u32,
+    /// How often an idle worker looks at its queues when no wake-up arrived (safety net; jobs
+    /// normally start at once).
+    pub interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub pid_file: Option<PathBuf>,
+    pub log_level: LogLevel,
+    pub on_lost: OnLost,
+    pub max_lost: u32,
+    /// A worker whose heartbeat is older than this is dead (any host).
+    pub dead_after: Duration,
+}
+
+/// One validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub source: Option<PathBuf>,
+    pub instance: Option<String>,
+    pub redis: RedisConfig,
+    pub worker: WorkerConfig,
+    pub handlers: Vec<HandlerConfig>,
+}
+
+/// What the command line and environment say, before merging.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub queues: Option<String>,
+    pub count: Option<String>,
+    pub interval: Option<String>,
+    pub pid_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub debug: bool,
+    pub app_include: Option<PathBuf>,
+    pub redis_url: Option<String>,
+    pub database: Option<String>,
+    pub namespace: Option<String>,
+    pub shutdown_timeout: Option<String>,
+}
+
+/// Where a setting came from, to name it in errors.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Env,
+    Flag,
+}
+
+impl Overrides {
+    /// php-resque's environment variables (QUEUE, COUNT, INTERVAL, PIDFILE, VERBOSE, VVERBOSE,
+    /// LOGGING, APP_INCLUDE, REDIS_BACKEND, REDIS_BACKEND_DB, PREFIX; BLOCKING is accepted and
+    /// has no effect: we always block). Empty variables count as unset, as in php-resque.
+    pub fn from_env() -> Overrides {
+        Overrides::from_vars(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Overrides {
+        let log_level = if get("VVERBOSE").is_some() {
+            Some("debug".to_string())
+        } else if get("VERBOSE").is_some() || get("LOGGING").is_some() {
+            Some("info".to_string())
+        } else {
+            None
+        };
+        Overrides {
+            queues: get("QUEUE"),
+            count: get("COUNT"),
+            interval: get("INTERVAL"),
+            pid_file: get("PIDFILE").map(PathBuf::from),
+            log_level,
+            debug: false,
+            app_include: get("APP_INCLUDE").map(PathBuf::from),
+            redis_url: get("REDIS_BACKEND"),
+            database: get("REDIS_BACKEND_DB"),
+            namespace: get("PREFIX"),
+            shutdown_timeout: None,
+        }
+    }
+}
+
+fn origin_of(source: Source, env: &str, flag: &str) -> String {
+    match source {
+        Source::Env => format!("environment variable {env}"),
+        Source::Flag => format!("flag --{flag}"),
+    }
+}
+
+/// Applies one layer of overrides onto the merged worker section and Redis section.
+fn apply_overrides(
+    o: &Overrides,
+    source: Source,
+    worker: &mut WorkerSection,
+    redis: &mut RedisSection,
+    app_include: &mut Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    let err = |env: &str, flag: &str, key: &str, msg: String| {
+        ConfigError::new(origin_of(source, env, flag), key, msg)
+    };
+    if let Some(q) = &o.queues {
+        worker.queues =
+            Some(QueueList::parse(q).map_err(|m| err("QUEUE", "queue", "worker.queues", m))?);
+    }
+    if let Some(c) = &o.count {
+        worker.count = Some(Count::parse(c).map_err(|m| err("COUNT", "count", "worker.count", m))?);
+    }
+    if let Some(i) = &o.interval {
+        worker.interval =
+            Some(Seconds::parse(i).map_err(|m| err("INTERVAL", "interval", "worker.interval", m))?);
+    }
+    if let Some(s) = &o.shutdown_timeout {
+        worker.shutdown_timeout = Some(Seconds::parse(s).map_err(|m| {
+            err(
+                "SHUTDOWN_TIMEOUT",
+                "shutdown-timeout",
+                "worker.shutdown_timeout",
+                m,
+            )
+        })?);
+    }
+    if let Some(p) = &o.pid_file {
+        worker.pid_file = Some(p.clone());
+    }
+    if o.debug {
+        worker.log_level = Some(LogLevel::Debug);
+    } else if let Some(l) = &o.log_level {
+        worker.log_level = Some(
+            LogLevel::parse(l).map_err(|m| err("VERBOSE", "log-level", "worker.log_level", m))?,
+        );
+    }
+    if let Some(a) = &o.app_include {
+        *app_include = Some(a.clone());
+    }
+    if let Some(url) = &o.redis_url {
+        *redis = RedisSection {
+            url: Some(backend_to_url(url)),
+            namespace: redis.namespace.clone(),
+            connect_timeout: redis.connect_timeout,
+            command_timeout: redis.command_timeout,
+            ..RedisSection::default()
+        };
+    }
+    if let Some(db) = &o.database {
+        let n: i64 = db.trim().parse().map_err(|_| {
+            err(
+                "REDIS_BACKEND_DB",
+                "database",
+                "redis.database",
+                format!("{db:?} is not a database number"),
+            )
+        })?;
+        redis.database = Some(n);
+    }
+    if let Some(ns) = &o.namespace {
+        redis.namespace = Some(ns.clone());
+    }
+    Ok(())
+}
+
+/// php-resque's REDIS_BACKEND: `host:port`, `unix:///path`, or a `redis://` DSN.
+fn backend_to_url(backend: &str) -> String {
+    if backend.contains("://") {
+        backend.to_string()
+    } else if backend.starts_with('/') {
+        format!("unix://{backend}")
+    } else {
+        format!("redis://{backend}")
+    }
+}
+
+/// Hides the password of a URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{}{}{}", &url[..scheme_end + 3], shown, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn build_redis(
+    section: &RedisSection,
+    origin: &str,
+    over_db: Option<i64>,
+) -> Result<RedisConfig, ConfigError> {
+    use redis::IntoConnectionInfo;
+    let err = |key: &str, msg: String| ConfigError::new(origin, key, msg);
+    let (mut info, display) = if let Some(url) = &section.url {
+        if section.host.is_some() || section.port.is_some() || section.socket.is_some() {
+            return Err(err(
+                "redis.url",
+                "give either url or host/port/socket, not both".into(),
+            ));
+        }
+        let redacted = redact_url(url);
+        let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|s| url.starts_with(s));
+        if !scheme_ok {
+            return Err(err(
+                "redis.url",
+                format!(
+                    "{redacted:?} is not a Redis URL; use redis://host:port/db, rediss://… or unix:///path/to/redis.sock"
+                ),
+            ));
+        }
+        let info = url.as_str().into_connection_info().map_err(|e| {
+            // The library's message never contains the URL; ours shows it without password.
+            err(
+                "redis.url",
+                format!("{redacted:?} is not a valid Redis URL ({:?})", e.kind()),
+            )
+        })?;
+        (info, redacted)
+    } else if let Some(socket) = &section.socket {
+        let info = redis::ConnectionAddr::Unix(socket.clone())
+            .into_connection_info()
+            .map_err(|e| err("redis.socket", format!("{e}")))?;
+        (info, format!("unix://{}", socket.display()))
+    } else {
+        let host = section.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let port = section.port.unwrap_or(6379);
+        if host.is_empty() {
+            return Err(err("redis.host", "must not be empty".into()));
+        }
+        let info = redis::ConnectionAddr::Tcp(host.clone(), port)
+            .into_connection_info()
+            .map_err(|e| err("redis.host", format!("{e}")))?;
+        (info, format!("redis://{host}:{port}"))
+    };
+    let mut settings = info.redis_settings().clone();
+    if let Some(db) = section.database.or(over_db) {
+        if !(0..=1_000_000).contains(&db) {
+            return Err(err(
+                "redis.database",
+                format!("{db} is not a database number"),
+            ));
+        }
+        settings = settings.set_db(db);
+    }
+    if let Some(user) = &section.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(pass) = &section.password {
+        settings = settings.set_password(pass);
+    }
+    info = info.set_redis_settings(settings);
+    let display = format!("{display} db {}", info.redis_settings().db());
+    Ok(RedisConfig {
+        connection: info,
+        namespace: crate::protocol::normalize_namespace(
+            section.namespace.as_deref().unwrap_or("resque"),
+        ),
+        connect_timeout: section
+            .connect_timeout
+            .map(|s| s.0)
+            .unwrap_or(Duration::from_secs(5)),
+        command_timeout: section
+            .command_timeout
+            .map(|s| s.0)
+            .unwrap_or(Duration::from_secs(5)),
+        display,
+    })
+}
+
+/// Turns a TOML error into "file:line: key: message".
+fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, key) = match e.span() {
+        Some(span) => locate(source, span.start),
+        None => (0, String::new()),
+    };
+    let origin = if line > 0 {
+        format!("{}:{line}", path.display())
+    } else {
+        path.display().to_string()
+    };
+    let message = e.message().trim().replace('\n', " ");
+    ConfigError::new(
+        origin,
+        if key.is_empty() { "(file)".into() } else { key },
+        message,
+    )
+}
+
+/// The 1-based line of a byte offset, and the dotted key written on that line
+/// (`[worker]` + `count = 0` → `worker.count`).
+fn locate(source: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(source.len());
+    let before = &source[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_text = source[line_start..]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim();
+    let mut section = String::new();
+    for l in before.lines().rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            section = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            break;
+        }
+    }
+    if line_text.starts_with('[') {
+        let name = line_text
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_string();
+        return (line_no, name);
+    }
+    let key = line_text
+        .split('=')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches('"')
+        .to_string();
+    let dotted = match (section.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => section,
+        (false, false) => format!("{section}.{key}"),
+    };
+    (line_no, dotted)
+}
+
+fn line_of(path: &Path, source: &str, offset: usize) -> String {
+    format!("{}:{}", path.display(), locate(source, offset).0)
+}
+
+/// Reads and merges everything. `path` is the file (missing is fine only when it is the default
+/// path and was not asked for explicitly).
+pub fn load(
+    path: &Path,
+    path_explicit: bool,
+    instance: Option<&str>,
+    env: &Overrides,
+    flags: &Overrides,
+) -> Result<Config, ConfigError> {
+    let (file, source_text, source) = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let file: FileConfig =
+                toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
+            (file, text, Some(path.to_path_buf()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path_explicit => {
+            (FileConfig::default(), String::new(), None)
+        }
+        Err(e) => {
+            return Err(ConfigError::new(
+                path.display().to_string(),
+                "(file)",
+                format!("cannot read: {e}"),
+            ))
+        }
+    };
+    resolve(file, path, &source_text, source, instance, env, flags)
+}
+
+/// Parses a configuration given as text (tests, `config check` on a string).
+pub fn from_str(
+    text: &str,
+    path: &Path,
+    instance: Option<&str>,
+    env: &Overrides,
+    flags: &Overrides,
+) -> Result<Config, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+    resolve(
+        file,
+        path,
+        text,
+        Some(path.to_path_buf()),
+        instance,
+        env,
+        flags,
+    )
+}
+
+fn resolve(
+    file: FileConfig,
+    path: &Path,
+    text: &str,
+    source: Option<PathBuf>,
+    instance: Option<&str>,
+    env: &Overrides,
+    flags: &Overrides,
+) -> Result<Config, ConfigError> {
+    let file_origin = path.display().to_string();
+    let mut worker = file.worker.clone();
+    if let Some(name) = instance {
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "flag --instance",
+                "instance",
+                format!("{name:?} is not a valid instance name"),
+            ));
+        }
+        match file.instance.get(name) {
+            Some(section) => worker = worker.overlay(section),
+            // An instance with no section works the queue of its name.
+            None => worker.queues = Some(QueueList(vec![name.to_string()])),
+        }
+    }
+    let mut redis_section = file.redis.clone();
+    let mut app_include = None;
+    apply_overrides(
+        env,
+        Source::Env,
+        &mut worker,
+        &mut redis_section,
+        &mut app_include,
+    )?;
+    apply_overrides(
+        flags,
+        Source::Flag,
+        &mut worker,
+        &mut redis_section,
+        &mut app_include,
+    )?;
+    let redis = build_redis(&redis_section, &file_origin, None)?;
+
+    let worker = WorkerConfig {
+        queues: worker
+            .queues
+            .map(|q| q.0)
+            .unwrap_or_else(|| vec!["*".to_string()]),
+        count: worker.count.map(|c| c.0).unwrap_or(1),
+        interval: worker
+            .interval
+            .map(|s| s.0)
+            .unwrap_or(Duration::from_secs(5)),
+        shutdown_timeout: worker
+            .shutdown_timeout
+            .map(|s| s.0)
+            .unwrap_or(Duration::from_secs(30)),
+        pid_file: worker.pid_file,
+        log_level: worker.log_level.unwrap_or(LogLevel::Info),
+        on_lost: worker.on_lost.unwrap_or(OnLost::Requeue),
+        max_lost: worker.max_lost.map(|c| c.0).unwrap_or(3),
+        dead_after: worker
+            .dead_after
+            .map(|s| s.0)
+            .unwrap_or(Duration::from_secs(300)),
+    };
+    if worker.interval.is_zero() {
+        // php-resque's INTERVAL=0 means "exit when the queues are empty"; a daemon must not.
+        return Err(ConfigError::new(
+            file_origin,
+            "worker.interval",
+            "must be more than 0",
+        ));
+    }
+
+    let mut handlers = Vec::new();
+    for h in &file.handler {
+        handlers.push(build_handler(h, path, text, app_include.as_deref())?);
+    }
+    if handlers.is_empty() {
+        // Like php-resque: every class is a PHP class, loaded by APP_INCLUDE if given.
+        handlers.push(HandlerConfig {
+            class: "*".into(),
+            kind: HandlerKind::Php(PhpSettings {
+                bootstrap: app_include.clone(),
+                ..PhpSettings::default()
+            }),
+        });
+    }
+    Ok(Config {
+        source,
+        instance: instance.map(str::to_string),
+        redis,
+        worker,
+        handlers,
+    })
+}
+
+fn build_handler(
+    h: &HandlerSection,
+    path: &Path,
+    text: &str,
+    app_include: Option<&Path>,
+) -> Result<HandlerConfig, ConfigError> {
+    let origin = line_of(path, text, h.class.span().start);
+    let class = h.class.get_ref().trim().to_string();
+    if class.is_empty() {
+        return Err(ConfigError::new(
+            origin,
+            "handler.class",
+            "must not be empty",
+        ));
+    }
+    if let Err(e) =
+        glob::Pattern::new(&crate::handler::normalize_class(&class).replace('\\', "[\\]"))
+    {
+        return Err(ConfigError::new(
+            origin,
+            "handler.class",
+            format!("{class:?} is not a valid pattern: {e}"),
+        ));
+    }
+    let php_only = [
+        ("php", h.php.is_some()),
+        ("bootstrap", h.bootstrap.is_some()),
+        ("isolation", h.isolation.is_some()),
+        ("max_jobs", h.max_jobs.is_some()),
+        ("max_memory", h.max_memory.is_some()),
+        ("runner", h.runner.is_some()),
+    ];
+    let env: Vec<(String, String)> = h.env.clone().into_iter().collect();
+    let kind = match h.kind {
+        HandlerType::Exec => {
+            if let Some((key, _)) = php_only.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    origin,
+                    format!("handler.{key}"),
+                    format!("only applies to type = \"php\" (handler for {class:?} is \"exec\")"),
+                ));
+            }
+            let command = match &h.command {
+                Some(c) if !c.is_empty() && !c[0].is_empty() => c.clone(),
+                _ => {
+                    return Err(ConfigError::new(
+                        origin,
+                        "handler.command",
+                        format!("an exec handler needs a command, e.g. command = [\"/usr/local/bin/job\"] (handler for {class:?})"),
+                    ))
+                }
+            };
+            HandlerKind::Exec(ExecSettings {
+                command,
+                timeout: h.timeout.map(|s| s.0),
+                grace: h.grace.map(|s| s.0).unwrap_or(Duration::from_secs(10)),
+                working_dir: h.working_dir.clone(),
+                env,
+            })
+        }
+        HandlerType::Php => {
+            let defaults = PhpSettings::default();
+            if let Some(c) = &h.command {
+                if c.is_empty() || c[0].is_empty() {
+                    return Err(ConfigError::new(
+                        origin,
+                        "handler.command",
+                        "must name a program, e.g. [\"php\", \"/var/www/app/resque\", \"runner\"]",
+                    ));
+                }
+            }
+            HandlerKind::Php(PhpSettings {
+                php: h.php.clone().unwrap_or(defaults.php),
+                runner: h.runner.clone().unwrap_or(defaults.runner),
+                bootstrap: h
+                    .bootstrap
+                    .clone()
+                    .or_else(|| app_include.map(Path::to_path_buf)),
+                command: h.command.clone(),
+                isolation: h.isolation.unwrap_or(defaults.isolation),
+                max_jobs: h.max_jobs.unwrap_or(defaults.max_jobs),
+                max_memory: h.max_memory.map(|b| b.0).unwrap_or(defaults.max_memory),
+                timeout: h.timeout.map(|s| s.0),
+                grace: h.grace.map(|s| s.0).unwrap_or(defaults.grace),
+                working_dir: h.working_dir.clone(),
+                env,
+            })
+        }
+    };
+    Ok(HandlerConfig { class, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        from_str(
+            text,
+            Path::new("/etc/resque.toml"),
+            None,
+            &Overrides::default(),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.worker.queues, vec!["*"]);
+        assert_eq!(c.worker.count, 1);
+        assert_eq!(c.redis.namespace, "resque:");
+        assert_eq!(c.handlers.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = parse("[worker]\nqueues = [\"a\"]\ncount = 0\n").unwrap_err();
+        assert_eq!(e.origin, "/etc/resque.toml:3");
+        assert_eq!(e.key, "worker.count");
+        assert!(e.message.contains("at least 1"), "{e}");
+
+        let e = parse("[worker]\ncolor = 1\n").unwrap_err();
+        assert_eq!(e.origin, "/etc/resque.toml:2");
+        assert_eq!(e.key, "worker.color");
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = parse("[worker]\ninterval = \"soon\"\n").unwrap_err();
+        assert_eq!(e.key, "worker.interval");
+
+        let e = parse("[worker]\ncount = \"two\"\n").unwrap_err();
+        assert_eq!(e.key, "worker.count");
+
+        let e = parse("[redis]\nurl = \"http://u:secret@h\"\n").unwrap_err();
+        assert_eq!(e.key, "redis.url");
+        assert!(!e.to_string().contains("secret"), "{e}");
+
+        let e = parse("[[handler]]\nclass = \"*\"\ntype = \"exec\"\n").unwrap_err();
+        assert_eq!(e.origin, "/etc/resque.toml:2");
+        assert_eq!(e.key, "handler.command");
+    }
+
+    #[test]
+    fn precedence_flags_env_instance_worker() {
+        let text = "[worker]\ncount = 2\nqueues = [\"w\"]\n[instance.mail]\ncount = 3\n";
+        let path = Path::new("/etc/resque.toml");
+        let none = Overrides::default();
+        let c = from_str(text, path, Some("mail"), &none, &none).unwrap();
+        assert_eq!(
+            (c.worker.count, c.worker.queues.clone()),
+            (3, vec!["w".into()])
+        );
+        let env = Overrides::from_vars(|k| (k == "COUNT").then(|| "4".to_string()));
+        let c = from_str(text, path, Some("mail"), &env, &none).unwrap();
+        assert_eq!(c.worker.count, 4);
+        let flags = Overrides {
+            count: Some("5".into()),
+            ..Overrides::default()
+        };
+        let c = from_str(text, path, Some("mail"), &env, &flags).unwrap();
+        assert_eq!(c.worker.count, 5);
+        // An instance without a section works the queue of its name.
+        let c = from_str(text, path, Some("default"), &none, &none).unwrap();
+        assert_eq!(c.worker.queues, vec!["default"]);
+        let e = from_str(
+            text,
+            path,
+            None,
+            &Overrides::from_vars(|k| (k == "COUNT").then(|| "0".into())),
+            &none,
+        )
+        .unwrap_err();
+        assert_eq!(e.origin, "environment variable COUNT");
+    }
+
+    #[test]
+    fn redis_backend_forms() {
+        let none = Overrides::default();
+        let path = Path::new("/x.toml");
+        let env = Overrides::from_vars(|k| match k {
+            "REDIS_BACKEND" => Some("10.0.0.1:6380".into()),
+            "REDIS_BACKEND_DB" => Some("1".into()),
+            _ => None,
+        });
+        let c = from_str("", path, None, &env, &none).unwrap();
+        assert_eq!(c.redis.display, "redis://10.0.0.1:6380 db 1");
+        let c = from_str(
+            "[redis]\nurl = \"redis://:pw@localhost:6379/2\"\nnamespace = \"\"\n",
+            path,
+            None,
+            &none,
+            &none,
+        )
+        .unwrap();
+        assert_eq!(c.redis.connection.redis_settings().db(), 2);
+        assert_eq!(c.redis.namespace, "");
+        assert!(!format!("{:?} {}", c.redis, c.redis.display).contains("pw"));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(Seconds::parse("5").unwrap().0, Duration::from_secs(5));
+        assert_eq!(Seconds::parse("0.5").unwrap().0, Duration::from_millis(500));
+        assert_eq!(Seconds::parse("2m").unwrap().0, Duration::from_secs(120));
+        assert!(Seconds::parse("-1").is_err());
+        assert_eq!(Bytes::parse("256M").unwrap().0, 256 << 20);
+        assert!(Bytes::parse("12Q").is_err());
+    }
+}

@@ -1,0 +1,544 @@
+//! The `resque` binary: parse the command line, call into the library, map errors to exit codes.
+
+use clap::{CommandFactory, Parser};
+use resque::cli::{
+    exit, Cli, Command, ConfigCommand, DaemonTarget, FailedCommand, GenerateCommand, GlobalArgs,
+    StartArgs,
+};
+use resque::client::{Client, ClientError};
+use resque::config::{self, Config, Overrides};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Connect { .. } | ClientError::Redis { .. } => exit::UNAVAILABLE,
+            _ => exit::FAILURE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<config::ConfigError> for Failure {
+    fn from(e: config::ConfigError) -> Self {
+        Failure::new(exit::CONFIG, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("resque: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE as u8);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(f) => {
+            eprintln!("resque: {}", f.message);
+            ExitCode::from(f.code as u8)
+        }
+    }
+}
+
+fn config_path(global: &GlobalArgs) -> (PathBuf, bool) {
+    match &global.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+fn flag_overrides(global: &GlobalArgs, start: Option<&StartArgs>) -> Overrides {
+    let mut o = Overrides {
+        redis_url: global.redis.clone(),
+        namespace: global.namespace.clone(),
+        ..Overrides::default()
+    };
+    if let Some(s) = start {
+        o.queues = s.queue.clone();
+        o.count = s.count.clone();
+        o.interval = s.interval.clone();
+        o.pid_file = s.pid.clone();
+        o.debug = matches!(s.debug.as_deref(), Some(v) if !v.is_empty() && v != "0");
+        o.app_include = s.app.clone();
+        o.shutdown_timeout = s.shutdown_timeout.clone();
+        o.log_level = s.log_level.clone();
+    }
+    o
+}
+
+fn load_config(global: &GlobalArgs, start: Option<&StartArgs>) -> Result<Config, Failure> {
+    let (path, explicit) = config_path(global);
+    Ok(config::load(
+        &path,
+        explicit,
+        global.instance.as_deref(),
+        &Overrides::from_env(),
+        &flag_overrides(global, start),
+    )?)
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("resque: cannot print JSON: {e}"),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, Failure> {
+    let global = cli.global;
+    match cli.command {
+        Command::Start(args) => start(&global, &args).await,
+        Command::Stop { now, wait, target } => {
+            daemon_request(
+                &global,
+                &target,
+                if now { "stop-now" } else { "stop" },
+                wait,
+            )
+            .await
+        }
+        Command::Reload { wait, target } => daemon_request(&global, &target, "reload", wait).await,
+        Command::Pause { target } => daemon_request(&global, &target, "pause", false).await,
+        Command::Resume { target } => daemon_request(&global, &target, "resume", false).await,
+        Command::Config(ConfigCommand::Check) => {
+            let config = load_config(&global, None)?;
+            if global.json {
+                print_json(&json!({
+                    "valid": true,
+                    "source": config.source,
+                    "redis": config.redis.display,
+                    "namespace": config.redis.namespace,
+                    "queues": config.worker.queues,
+                    "count": config.worker.count,
+                    "handlers": config.handlers.iter().map(|h| h.class.clone()).collect::<Vec<_>>(),
+                }));
+            } else {
+                let source = config
+                    .source
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "defaults (no file)".into());
+                println!(
+                    "{source}: OK — Redis {}, namespace {:?}, queues {}, {} worker(s), {} handler(s)",
+                    config.redis.display,
+                    config.redis.namespace,
+                    config.worker.queues.join(","),
+                    config.worker.count,
+                    config.handlers.len()
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Generate(what) => generate(what),
+        other => client_command(&global, other).await,
+    }
+}
+
+async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Failure> {
+    let config = load_config(global, None)?;
+    let mut client = Client::connect(&config.redis).await?;
+    let json = global.json;
+    match command {
+        Command::Enqueue {
+            queue,
+            class,
+            args,
+            track,
+        } => {
+            let args = match args {
+                None => None,
+                Some(text) => Some(serde_json::from_str::<Value>(&text).map_err(|e| {
+                    Failure::new(exit::FAILURE, format!("ARGS_JSON is not valid JSON: {e}"))
+                })?),
+            };
+            let id = client.enqueue(&queue, &class, args, track).await?;
+            if json {
+                print_json(&json!({"id": id, "queue": queue, "class": class, "tracked": track}));
+            } else {
+                println!("{id}");
+            }
+            Ok(exit::OK)
+        }
+        Command::Status { id, watch } => {
+            let mut last = None;
+            loop {
+                let report = client.status(&id).await?;
+                if last.as_ref() != Some(&report) {
+                    if json {
+                        print_json(&report);
+                    } else if report.code.is_some() {
+                        println!("Status of {} is: {}", report.id, report.status);
+                    } else {
+                        println!(
+                            "Job {} is not tracked (no status, or it expired).",
+                            report.id
+                        );
+                    }
+                }
+                let done = match report.code {
+                    None => true,
+                    Some(c) => c >= 3,
+                };
+                let untracked = report.code.is_none();
+                last = Some(report);
+                if !watch || done {
+                    return Ok(if untracked {
+                        exit::NOT_TRACKED
+                    } else {
+                        exit::OK
+                    });
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Command::Queues => {
+            let queues = client.queues().await?;
+            if json {
+                print_json(&queues);
+            } else if queues.is_empty() {
+                println!("no queues");
+            } else {
+                for q in queues {
+                    println!("{:<30} {}", q.name, q.length);
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Workers => {
+            let workers = client.workers().await?;
+            if json {
+                print_json(&workers);
+            } else if workers.is_empty() {
+                println!("no workers");
+            } else {
+                for w in workers {
+                    let doing = match &w.working_on {
+                        Some(r) => format!(
+                            "working on {} from {} since {}",
+                            r.payload
+                                .get("class")
+                                .and_then(Value::as_str)
+                                .unwrap_or("?"),
+                            r.queue,
+                            r.run_at.as_str().unwrap_or("?")
+                        ),
+                        None => "idle".into(),
+                    };
+                    println!("{}  {doing}", w.id);
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Stats => {
+            let s = client.stats().await?;
+            if json {
+                print_json(&s);
+            } else {
+                println!("processed  {}", s.processed);
+                println!("failed     {}", s.failed);
+                println!("pending    {}", s.pending);
+                println!("queues     {}", s.queues);
+                println!("workers    {}", s.workers);
+                println!("working    {}", s.working);
+                println!("failed list {}", s.failed_list);
+            }
+            Ok(exit::OK)
+        }
+        Command::Failed(cmd) => failed_command(&mut client, cmd, json).await,
+        _ => Ok(exit::OK),
+    }
+}
+
+async fn failed_command(
+    client: &mut Client,
+    cmd: FailedCommand,
+    json: bool,
+) -> Result<i32, Failure> {
+    match cmd {
+        FailedCommand::List { start, count } => {
+            let entries = client.failed(start, count).await?;
+            if json {
+                print_json(&entries);
+            } else if entries.is_empty() {
+                println!("no failed jobs");
+            } else {
+                for e in entries {
+                    match &e.record {
+                        Some(r) => println!(
+                            "{:>4}  {}  {}  {}: {}",
+                            e.index,
+                            r.failed_at,
+                            r.class().unwrap_or("?"),
+                            r.exception,
+                            r.error.lines().next().unwrap_or_default()
+                        ),
+                        None => println!("{:>4}  (unreadable record)", e.index),
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        FailedCommand::Show { index } => {
+            let e = client.failed_show(index).await?;
+            if json {
+                print_json(&e);
+            } else if let Some(r) = &e.record {
+                println!("failed_at  {}", r.failed_at);
+                println!("queue      {}", r.queue);
+                println!("worker     {}", r.worker);
+                println!("class      {}", r.class().unwrap_or("?"));
+                println!("job id     {}", r.job_id().unwrap_or("-"));
+                println!("exception  {}", r.exception);
+                println!("error      {}", r.error);
+                println!("payload    {}", r.payload);
+                for line in &r.backtrace {
+                    println!("  {line}");
+                }
+            } else {
+                println!("unreadable record: {}", e.unreadable.unwrap_or_default());
+            }
+            Ok(exit::OK)
+        }
+        FailedCommand::Retry { index, all } => {
+            if all {
+                let mut retried = 0;
+                // Retrying removes the record, so always take the first one that can be retried.
+                let mut index = 0;
+                while index < client.failed_count().await? as isize {
+                    match client.failed_retry(index).await {
+                        Ok(_) => retried += 1,
+                        Err(ClientError::NotRetryable { reason, .. }) => {
+                            eprintln!("resque: skipping failed job {index}: {reason}");
+                            index += 1;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if json {
+                    print_json(&json!({"retried": retried}));
+                } else {
+                    println!("retried {retried} job(s)");
+                }
+                return Ok(exit::OK);
+            }
+            let index = index.unwrap_or(0);
+            let (queue, id) = client.failed_retry(index).await?;
+            if json {
+                print_json(&json!({"queue": queue, "id": id}));
+            } else {
+                println!(
+                    "job {} back in queue {queue}",
+                    id.unwrap_or_else(|| "(no id)".into())
+                );
+            }
+            Ok(exit::OK)
+        }
+        FailedCommand::Remove { index } => {
+            client.failed_remove(index).await?;
+            if !json {
+                println!("removed failed job {index}");
+            }
+            Ok(exit::OK)
+        }
+        FailedCommand::Clear => {
+            let n = client.failed_clear().await?;
+            if json {
+                print_json(&json!({"removed": n}));
+            } else {
+                println!("removed {n} failed job(s)");
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Finds the running daemon: its control socket (preferred) or its PID file.
+async fn daemon_request(
+    global: &GlobalArgs,
+    target: &DaemonTarget,
+    what: &str,
+    wait: bool,
+) -> Result<i32, Failure> {
+    let runtime = resque::control::runtime_dir(global.instance.as_deref());
+    let socket = resque::control::socket_path(&runtime);
+    let pid_file = match &target.pid {
+        Some(p) => Some(p.clone()),
+        None => {
+            let (path, explicit) = config_path(global);
+            config::load(
+                &path,
+                explicit,
+                global.instance.as_deref(),
+                &Overrides::from_env(),
+                &Overrides::default(),
+            )
+            .ok()
+            .and_then(|c| c.worker.pid_file)
+            .or_else(|| Some(runtime.join("resque.pid")))
+        }
+    };
+    let via_socket = if target.pid.is_none() && socket.exists() {
+        match resque::control::request(&socket, what).await {
+            Ok(reply) => Some(reply),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let pid = match via_socket {
+        Some(Ok(pid)) => pid,
+        Some(Err(message)) => return Err(Failure::new(exit::FAILURE, message)),
+        None => {
+            // No control socket: signal the pid from the PID file.
+            let Some(pid) = pid_file.as_deref().and_then(resque::pidfile::running_pid) else {
+                return Err(Failure::new(
+                    exit::UNAVAILABLE,
+                    format!(
+                        "no running resque daemon found (no control socket at {}, no locked PID file at {})",
+                        socket.display(),
+                        pid_file.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                ));
+            };
+            use nix::sys::signal::Signal;
+            let signal = match what {
+                "stop" => Signal::SIGTERM,
+                "stop-now" => Signal::SIGINT,
+                "reload" => Signal::SIGHUP,
+                "pause" => Signal::SIGUSR2,
+                _ => Signal::SIGCONT,
+            };
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).map_err(
+                |e| {
+                    Failure::new(
+                        exit::FAILURE,
+                        format!("cannot signal daemon pid {pid}: {e}"),
+                    )
+                },
+            )?;
+            if what == "reload" && wait {
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    "sent SIGHUP, but without the control socket the result of the reload is unknown",
+                ));
+            }
+            pid
+        }
+    };
+    if wait && what.starts_with("stop") {
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if !global.json {
+        let done = match what {
+            "stop" | "stop-now" if wait => "stopped",
+            "stop" | "stop-now" => "stopping",
+            "reload" if wait => "reloaded",
+            "reload" => "reloading",
+            "pause" => "paused",
+            _ => "resumed",
+        };
+        println!("resque daemon (pid {pid}) {done}");
+    } else {
+        print_json(&json!({"pid": pid, "request": what, "ok": true}));
+    }
+    Ok(exit::OK)
+}
+
+async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
+    let config = load_config(global, Some(args))?;
+    let log = resque::logging::init(config.worker.log_level);
+    let runtime = resque::control::runtime_dir(global.instance.as_deref());
+    let pid_path = config
+        .worker
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| runtime.join("resque.pid"));
+    let _pid_file = resque::pidfile::PidFile::create(&pid_path)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let _signals = resque::signals::spawn(tx.clone()).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("cannot install signal handlers: {e}"),
+        )
+    })?;
+    let socket_path = resque::control::socket_path(&runtime);
+    let _socket = resque::control::serve(&socket_path, tx.clone()).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!(
+                "cannot create control socket {}: {e}",
+                socket_path.display()
+            ),
+        )
+    })?;
+    let reload_global = global.clone();
+    let reload_args = args.clone();
+    let supervisor = resque::Supervisor::new(config)
+        .notifier(resque::systemd::Notifier::from_env())
+        .config_loader(Box::new(move || {
+            let (path, explicit) = config_path(&reload_global);
+            config::load(
+                &path,
+                explicit,
+                reload_global.instance.as_deref(),
+                &Overrides::from_env(),
+                &flag_overrides(&reload_global, Some(&reload_args)),
+            )
+        }))
+        .on_log_level(Box::new(move |level| log.set_level(level)));
+    supervisor
+        .run(rx)
+        .await
+        .map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))?;
+    Ok(exit::OK)
+}
+
+fn generate(what: GenerateCommand) -> Result<i32, Failure> {
+    let io = |path: &Path, e: std::io::Error| {
+        Failure::new(
+            exit::FAILURE,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    };
+    match what {
+        GenerateCommand::Man { out } => {
+            std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+            clap_mangen::generate_to(Cli::command(), &out).map_err(|e| io(&out, e))?;
+        }
+        GenerateCommand::Completions { out } => {
+            use clap_complete::{generate_to, Shell};
+            std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                generate_to(shell, &mut Cli::command(), "resque", &out).map_err(|e| io(&out, e))?;
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,127 @@
+//! The writes resque makes, as pipelines: each outcome, registration and enqueue is one atomic
+//! MULTI/EXEC round trip, with the keys and orders php-resque uses.
+
+use super::{FailureRecord, JobStatus, Keys, Payload, StatusRecord, STATUS_TTL_SECS};
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Complete,
+    Failed(FailureRecord),
+}
+
+/// Enqueue as php-resque does (`SADD queues`, `RPUSH`), but with the WAITING status written
+/// before the push, so a fast worker always finds it.
+pub fn enqueue(keys: &Keys, queue: &str, payload: &Payload, track: bool) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.sadd(keys.queues(), queue).ignore();
+    if let (true, Some(id)) = (track, payload.id()) {
+        pipe.set(
+            keys.job_status(id, payload.status_prefix()),
+            StatusRecord::waiting_json(super::now_unix()),
+        )
+        .ignore();
+    }
+    pipe.rpush(keys.queue(queue), payload.raw()).ignore();
+    pipe
+}
+
+/// Record a finished job in one MULTI: status (only where the key exists), stats (a failed job
+/// counts as processed too, as in php-resque and Ruby resque), the failure record, the worker
+/// record, and the removal from the in-flight list that makes the job done.
+pub fn finish(
+    keys: &Keys,
+    worker_id: &str,
+    payload_raw: &str,
+    payload: Option<&Payload>,
+    outcome: &Outcome,
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if let Some(id) = payload.and_then(Payload::id) {
+        let status = match outcome {
+            Outcome::Complete => JobStatus::Complete,
+            Outcome::Failed(_) => JobStatus::Failed,
+        };
+        let key = keys.job_status(id, payload.and_then(Payload::status_prefix));
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(StatusRecord::update_json(status, super::now_unix()))
+            .arg("XX")
+            .ignore();
+        pipe.expire(&key, STATUS_TTL_SECS).ignore();
+    }
+    if let Outcome::Failed(record) = outcome {
+        pipe.rpush(keys.failed(), record.to_json()).ignore();
+        pipe.incr(keys.stat_failed(), 1).ignore();
+        pipe.incr(keys.stat_failed_by(worker_id), 1).ignore();
+    }
+    pipe.incr(keys.stat_processed(), 1).ignore();
+    pipe.incr(keys.stat_processed_by(worker_id), 1).ignore();
+    pipe.del(keys.worker(worker_id)).ignore();
+    pipe.lrem(keys.inflight(worker_id), 1, payload_raw).ignore();
+    pipe
+}
+
+/// Register workers (`SADD workers`, `:started`) and beat Ruby's heartbeat. Run again at every
+/// heartbeat, so a record another implementation pruned comes back; `:started` keeps its value.
+pub fn register(keys: &Keys, worker_ids: &[String], now_text: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if worker_ids.is_empty() {
+        return pipe;
+    }
+    pipe.sadd(keys.workers(), worker_ids).ignore();
+    let beats: Vec<(&str, &str)> = worker_ids
+        .iter()
+        .map(|id| (id.as_str(), now_text))
+        .collect();
+    pipe.hset_multiple(keys.workers_heartbeat(), &beats)
+        .ignore();
+    for id in worker_ids {
+        pipe.cmd("SET")
+            .arg(keys.worker_started(id))
+            .arg(now_text)
+            .arg("NX")
+            .ignore();
+    }
+    pipe
+}
+
+/// Remove every record of a worker, as php-resque's `unregisterWorker` and Ruby's
+/// `unregister_worker` do (plus our in-flight index entry).
+pub fn unregister(keys: &Keys, worker_id: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.srem(keys.workers(), worker_id).ignore();
+    pipe.del(keys.worker(worker_id)).ignore();
+    pipe.del(keys.worker_started(worker_id)).ignore();
+    pipe.del(keys.stat_processed_by(worker_id)).ignore();
+    pipe.del(keys.stat_failed_by(worker_id)).ignore();
+    pipe.hdel(keys.workers_heartbeat(), worker_id).ignore();
+    pipe.hdel(keys.inflight_index(), worker_id).ignore();
+    pipe
+}
+
+/// A failed job goes back to its queue keeping every field (its id too, so status tracking
+/// survives; Ruby's retry drops it). The status goes back to WAITING if it still exists.
+pub fn retry(keys: &Keys, queue: &str, payload: &Payload) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.sadd(keys.queues(), queue).ignore();
+    if let Some(id) = payload.id() {
+        let key = keys.job_status(id, payload.status_prefix());
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(StatusRecord::update_json(
+                JobStatus::Waiting,
+                super::now_unix(),
+            ))
+            .arg("XX")
+            .ignore();
+        pipe.persist(&key).ignore();
+    }
+    pipe.rpush(keys.queue(queue), payload.raw()).ignore();
+    pipe
+}

@@ -1,0 +1,86 @@
+//! Lua scripts: the steps that must be atomic in Redis.
+
+use std::sync::LazyLock;
+
+/// Reserve: move the first job of the first non-empty queue (priority order) into the worker's
+/// in-flight list, and record that the worker runs it — in one step, so a job is never only in
+/// our memory. Also writes `worker:<id>` and the RUNNING status (only if the status key exists,
+/// as php-resque does), saving a round trip per job. A queue named `*` stands for every queue
+/// in the `queues` set not named before it, sorted.
+///
+/// KEYS: inflight list, inflight index, worker key, pause-all-workers, queues set.
+/// ARGV: worker id, run_at text, unix now, namespace prefix, queue names…
+/// Returns `{queue, payload}`, or `"paused"`, or nil when every queue is empty.
+pub static RESERVE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('GET', KEYS[4]) == 'true' then return 'paused' end
+local prefix = ARGV[4]
+local names, seen = {}, {}
+for i = 5, #ARGV do
+  if ARGV[i] == '*' then
+    local all = redis.call('SMEMBERS', KEYS[5])
+    table.sort(all)
+    for _, q in ipairs(all) do
+      if not seen[q] then seen[q] = true; names[#names + 1] = q end
+    end
+  elseif not seen[ARGV[i]] then
+    seen[ARGV[i]] = true; names[#names + 1] = ARGV[i]
+  end
+end
+for _, queue in ipairs(names) do
+  local payload = redis.call('LMOVE', prefix .. 'queue:' .. queue, KEYS[1], 'LEFT', 'RIGHT')
+  if payload then
+    redis.call('HSET', KEYS[2], ARGV[1], queue)
+    local ok, job = pcall(cjson.decode, payload)
+    if ok and type(job) == 'table' then
+      redis.call('SET', KEYS[3], '{"queue":' .. cjson.encode(queue) .. ',"run_at":' ..
+        cjson.encode(ARGV[2]) .. ',"payload":' .. payload .. '}')
+      if type(job.id) == 'string' and job.id ~= '' then
+        local key = prefix .. 'job:' .. job.id .. ':status'
+        if type(job.prefix) == 'string' and job.prefix ~= '' then
+          key = prefix .. 'job:' .. job.prefix .. '_' .. job.id .. ':status'
+        end
+        redis.call('SET', key, '{"status":2,"updated":' .. ARGV[3] .. '}', 'XX')
+      end
+    end
+    return {queue, payload}
+  end
+end
+return false
+"#,
+    )
+});
+
+/// Give a reserved job back: remove it from the in-flight list and put it at the head of its
+/// queue, only if it was still there (so two recoverers cannot duplicate it).
+///
+/// KEYS: inflight list, queue key, worker key, queues set. ARGV: payload, queue name.
+/// Returns 1 if the job went back, 0 if it was no longer in flight.
+pub static REQUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[4], ARGV[2])
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[3])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Count one more loss of a payload (a worker died holding it) and return the count; the
+/// counter expires after a week so it does not leak.
+///
+/// KEYS: lost counter key.
+pub static COUNT_LOSS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], 604800)
+return n
+"#,
+    )
+});

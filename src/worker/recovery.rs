@@ -1,0 +1,195 @@
+//! Recovery: jobs held by dead workers go back to their queue (or fail, by configuration).
+//!
+//! A worker is dead when its pid is gone on this host (or it is this process's id but no
+//! running worker has it), or when its heartbeat is older than `dead_after` on any host. Runs
+//! at start-up and periodically, under a lock so two daemons do not recover the same worker.
+
+use crate::config::OnLost;
+use crate::protocol::{
+    commands, commands::Outcome, resque_time, scripts, FailureRecord, Keys, Payload, WorkerId,
+    DIRTY_EXIT_EXCEPTION,
+};
+use redis::AsyncCommands;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// What recovery needs to know about this process.
+pub struct RecoveryContext<'a> {
+    pub keys: &'a Keys,
+    pub host: &'a str,
+    /// Ids of the workers running in this process right now.
+    pub live: &'a HashSet<String>,
+    pub on_lost: OnLost,
+    pub max_lost: u32,
+    pub dead_after: Duration,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub dead_workers: usize,
+    pub requeued: usize,
+    pub failed: usize,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
+        Ok(()) => true,
+        // It exists but belongs to someone else.
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+fn heartbeat_age(text: &str) -> Option<Duration> {
+    let then = chrono::DateTime::parse_from_rfc3339(text.trim()).ok()?;
+    let age = chrono::Utc::now().signed_duration_since(then);
+    age.to_std().ok()
+}
+
+/// One recovery pass. Returns what it did; takes the lock or does nothing.
+pub async fn recover(
+    conn: &mut redis::aio::MultiplexedConnection,
+    ctx: &RecoveryContext<'_>,
+    lock_owner: &str,
+) -> Result<RecoveryReport, redis::RedisError> {
+    let keys = ctx.keys;
+    let locked: Option<String> = redis::cmd("SET")
+        .arg(keys.recovery_lock())
+        .arg(lock_owner)
+        .arg("NX")
+        .arg("EX")
+        .arg(60)
+        .query_async(conn)
+        .await?;
+    if locked.is_none() {
+        return Ok(RecoveryReport::default());
+    }
+    let result = recover_locked(conn, ctx).await;
+    let _: Result<(), _> = conn.del(keys.recovery_lock()).await;
+    result
+}
+
+async fn recover_locked(
+    conn: &mut redis::aio::MultiplexedConnection,
+    ctx: &RecoveryContext<'_>,
+) -> Result<RecoveryReport, redis::RedisError> {
+    let keys = ctx.keys;
+    let index: HashMap<String, String> = conn.hgetall(keys.inflight_index()).await?;
+    let beats: HashMap<String, String> = conn.hgetall(keys.workers_heartbeat()).await?;
+    let my_pid = std::process::id();
+    let mut report = RecoveryReport::default();
+    for (worker, queue) in index {
+        if ctx.live.contains(&worker) {
+            continue;
+        }
+        let Ok(id) = WorkerId::parse(&worker) else {
+            continue;
+        };
+        let dead = if id.host == ctx.host {
+            id.pid == my_pid || !pid_alive(id.pid)
+        } else {
+            match beats.get(&worker).and_then(|b| heartbeat_age(b)) {
+                Some(age) => age > ctx.dead_after,
+                // A remote worker without heartbeat: pruned by another implementation after
+                // its heartbeat went stale, so dead too.
+                None => !beats.contains_key(&worker),
+            }
+        };
+        if !dead {
+            continue;
+        }
+        report.dead_workers += 1;
+        let held: Vec<String> = conn.lrange(keys.inflight(&worker), 0, -1).await?;
+        for raw in held {
+            if settle_lost_job(conn, ctx, &worker, &queue, &raw).await? {
+                report.requeued += 1;
+            } else {
+                report.failed += 1;
+            }
+        }
+        commands::unregister(keys, &worker)
+            .query_async::<()>(conn)
+            .await?;
+        info!(worker = %worker, "removed dead worker");
+    }
+    Ok(report)
+}
+
+/// Puts one lost job back, or fails it (on_lost = "fail", or lost too often). Returns true if it
+/// went back to its queue.
+async fn settle_lost_job(
+    conn: &mut redis::aio::MultiplexedConnection,
+    ctx: &RecoveryContext<'_>,
+    worker: &str,
+    queue: &str,
+    raw: &str,
+) -> Result<bool, redis::RedisError> {
+    let keys = ctx.keys;
+    let digest = sha1_hex(raw);
+    let losses: u32 = scripts::COUNT_LOSS
+        .key(keys.lost_count(&digest))
+        .invoke_async(conn)
+        .await?;
+    let payload = Payload::parse(raw).ok();
+    let class = payload
+        .as_ref()
+        .map(|p| p.class().to_string())
+        .unwrap_or_default();
+    let poison = losses >= ctx.max_lost;
+    if ctx.on_lost == OnLost::Requeue && !poison {
+        let _: i64 = scripts::REQUEUE
+            .key(keys.inflight(worker))
+            .key(keys.queue(queue))
+            .key(keys.worker(worker))
+            .key(keys.queues())
+            .arg(raw)
+            .arg(queue)
+            .invoke_async(conn)
+            .await?;
+        warn!(worker, queue, class = %class, losses, "job of a dead worker put back at the head of its queue");
+        return Ok(true);
+    }
+    let error = if poison {
+        format!(
+            "Job lost {losses} times: its worker died each time (poison pill?); not retried again"
+        )
+    } else {
+        format!("Worker {worker} died while processing {class}")
+    };
+    let record = FailureRecord {
+        failed_at: resque_time(),
+        payload: payload
+            .as_ref()
+            .map(Payload::to_value)
+            .unwrap_or_else(|| serde_json::Value::String(raw.to_string())),
+        exception: DIRTY_EXIT_EXCEPTION.to_string(),
+        error: error.clone(),
+        backtrace: Vec::new(),
+        worker: worker.to_string(),
+        queue: queue.to_string(),
+        retried_at: None,
+        extra: Default::default(),
+    };
+    commands::finish(
+        keys,
+        worker,
+        raw,
+        payload.as_ref(),
+        &Outcome::Failed(record),
+    )
+    .query_async::<()>(conn)
+    .await?;
+    warn!(worker, queue, class = %class, "{error}");
+    Ok(false)
+}
+
+/// Redis's own `redis.sha1hex` would need another round trip; the `script` feature of the redis
+/// crate already ships a SHA-1.
+fn sha1_hex(text: &str) -> String {
+    redis::Script::new(text).get_hash().to_string()
+}

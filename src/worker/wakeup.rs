@@ -1,0 +1,105 @@
+//! Wakes idle workers when a job is pushed, without polling.
+//!
+//! php-resque polls every INTERVAL seconds (0–5 s pickup latency); BLMOVE blocks on one queue
+//! only and cannot serve several queues in priority order. Instead one RESP3 connection per pool
+//! turns on Redis client-side-caching invalidations in broadcast mode for the queue keys
+//! (`CLIENT TRACKING ON BCAST PREFIX <ns>queue:…`): Redis pushes a message whenever a queue key
+//! changes — whoever pushed (php-resque, Ruby, node) — and we wake one idle worker, which then
+//! reserves with the Lua script in priority order. Idle workers send no commands; if the
+//! tracking connection is lost, workers still look every `interval` until it is back.
+
+use crate::config::RedisConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, warn};
+
+/// The key prefixes to track for a queue list: one per queue, or the whole `queue:` space
+/// when `*` is among them or two prefixes would overlap (Redis refuses overlapping prefixes).
+pub fn tracking_prefixes(keys: &crate::protocol::Keys, queues: &[String]) -> Vec<String> {
+    let all = keys.queue("");
+    if queues.iter().any(|q| q == "*") {
+        return vec![all];
+    }
+    let prefixes: Vec<String> = queues.iter().map(|q| keys.queue(q)).collect();
+    let overlap = prefixes.iter().enumerate().any(|(i, a)| {
+        prefixes
+            .iter()
+            .enumerate()
+            .any(|(j, b)| i != j && b.starts_with(a.as_str()))
+    });
+    if overlap {
+        vec![all]
+    } else {
+        prefixes
+    }
+}
+
+/// Runs until `stop` is notified: keeps a tracking connection and turns every invalidation into
+/// one `wake.notify_one()`.
+pub async fn run(redis: RedisConfig, prefixes: Vec<String>, wake: Arc<Notify>, stop: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let session = track(&redis, &prefixes, &wake);
+        tokio::select! {
+            _ = stop.notified() => return,
+            result = session => {
+                if let Err(e) = result {
+                    warn!(error = %e, retry_in = ?backoff, "job wake-ups unavailable; idle workers poll every interval until Redis is back");
+                }
+            }
+        }
+        // Something may have been pushed while we were not listening.
+        wake.notify_waiters();
+        tokio::select! {
+            _ = stop.notified() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn track(
+    redis: &RedisConfig,
+    prefixes: &[String],
+    wake: &Arc<Notify>,
+) -> Result<(), redis::RedisError> {
+    let settings = redis
+        .connection
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = redis.connection.clone().set_redis_settings(settings);
+    let client = redis::Client::open(info)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = redis.async_config().set_push_sender(tx);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("TRACKING").arg("ON").arg("BCAST");
+    for p in prefixes {
+        cmd.arg("PREFIX").arg(p);
+    }
+    cmd.query_async::<()>(&mut conn).await?;
+    debug!(?prefixes, "listening for pushed jobs");
+    // A job may have arrived before tracking was on.
+    wake.notify_waiters();
+    while let Some(push) = rx.recv().await {
+        match push.kind {
+            redis::PushKind::Invalidate => wake.notify_one(),
+            redis::PushKind::Disconnection => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "tracking connection closed",
+                )))
+            }
+            _ => {}
+        }
+    }
+    drop(conn);
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "tracking connection closed",
+    )))
+}

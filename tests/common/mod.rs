@@ -1,0 +1,195 @@
+//! Test harness: a private redis-server per test (free loopback port, temp dir, killed on drop),
+//! and helpers to run the real `resque` binary against it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port; panics with a clear message if it is not installed.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let mut cmd = Command::new("redis-server");
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            let child = cmd
+                .spawn()
+                .expect("redis-server must be installed (apt-get install redis-server)");
+            let mut server = RedisServer { child, port, dir };
+            if server.wait_ready() {
+                return server;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("could not start redis-server");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(mut c) = self.client().get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn url_db(&self, db: u32) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("client")
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().expect("connection")
+    }
+
+    pub fn conn_db(&self, db: u32) -> redis::Connection {
+        redis::Client::open(self.url_db(db))
+            .expect("client")
+            .get_connection()
+            .expect("connection")
+    }
+
+    /// Every key and its type, sorted (for "nothing changed" checks).
+    pub fn dump(&self) -> Vec<(String, String)> {
+        let mut c = self.conn();
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let v: redis::Value = redis::cmd("DUMP").arg(&k).query(&mut c).unwrap();
+                (k, format!("{v:?}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `resque` binary built for these tests.
+pub fn resque_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_resque"))
+}
+
+/// A `resque` command with a clean environment for config (no php-resque variables leaking in).
+pub fn resque(config: &Path) -> Command {
+    let mut cmd = Command::new(resque_bin());
+    for var in [
+        "QUEUE",
+        "COUNT",
+        "INTERVAL",
+        "PIDFILE",
+        "VERBOSE",
+        "VVERBOSE",
+        "LOGGING",
+        "APP_INCLUDE",
+        "REDIS_BACKEND",
+        "REDIS_BACKEND_DB",
+        "PREFIX",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "JOURNAL_STREAM",
+        "RESQUE_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config").arg(config);
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run resque")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes a config file into `dir` and returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("resque.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Polls `check` until it returns Some or the time is up (a bound against hangs, not a speed
+/// assertion).
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The shared fixtures recorded from real implementations.
+pub fn fixtures() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for candidate in [here.join("tests/fixtures"), here.join("../shared/fixtures")] {
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!("fixtures not found (tests/fixtures or ../shared/fixtures)");
+}
