@@ -63,6 +63,7 @@ pub fn init(level: LogLevel) -> LogControl {
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .boxed(),
             )
             .init(),

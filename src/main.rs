@@ -402,10 +402,7 @@ async fn daemon_request(
         }
     };
     let via_socket = if target.pid.is_none() && socket.exists() {
-        match resque::control::request(&socket, what).await {
-            Ok(reply) => Some(reply),
-            Err(_) => None,
-        }
+        resque::control::request(&socket, what).await.ok()
     } else {
         None
     };

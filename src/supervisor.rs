@@ -591,7 +591,7 @@ impl Supervisor {
                     // Tell systemd we are making progress; the jobs' own limit still applies.
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     self.notifier.extend_timeout(left + Duration::from_secs(15));
-                    if !self.notifier.watchdog_timeout().is_none() { self.notifier.watchdog(); }
+                    if self.notifier.watchdog_timeout().is_some() { self.notifier.watchdog(); }
                 }
                 _ = tokio::time::sleep_until(deadline), if !aborted => {
                     warn!("shutdown timeout reached: killing running jobs and putting them back in their queues");

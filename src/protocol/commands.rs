@@ -7,7 +7,7 @@ use super::{FailureRecord, JobStatus, Keys, Payload, StatusRecord, STATUS_TTL_SE
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Complete,
-    Failed(FailureRecord),
+    Failed(Box<FailureRecord>),
 }
 
 /// Enqueue as php-resque does (`SADD queues`, `RPUSH`), but with the WAITING status written

@@ -263,7 +263,7 @@ impl Worker {
                     // The raw entry, so nothing of it is lost.
                     Err(_) => serde_json::Value::String(job.raw.clone()),
                 };
-                Outcome::Failed(FailureRecord {
+                Outcome::Failed(Box::new(FailureRecord {
                     failed_at: resque_time(),
                     payload: payload_value,
                     exception: failure.exception,
@@ -273,7 +273,7 @@ impl Worker {
                     queue: job.queue.clone(),
                     retried_at: None,
                     extra: Default::default(),
-                })
+                }))
             }
         };
         let failed = matches!(outcome, Outcome::Failed(_));

@@ -180,7 +180,7 @@ async fn settle_lost_job(
         worker,
         raw,
         payload.as_ref(),
-        &Outcome::Failed(record),
+        &Outcome::Failed(Box::new(record)),
     )
     .query_async::<()>(conn)
     .await?;

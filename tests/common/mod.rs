@@ -63,10 +63,15 @@ impl RedisServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if let Ok(mut c) = self.client().get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return true;
-                }
+            match self.client().get_connection() {
+                Ok(mut c) => match redis::cmd("PING").query::<String>(&mut c) {
+                    Ok(_) => return true,
+                    // It answers, it just wants a password (requirepass tests).
+                    Err(e) if e.to_string().contains("NOAUTH") => return true,
+                    Err(_) => {}
+                },
+                Err(e) if e.to_string().contains("NOAUTH") => return true,
+                Err(_) => {}
             }
             std::thread::sleep(Duration::from_millis(20));
         }

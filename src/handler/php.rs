@@ -1,0 +1,1103 @@
+//! The `php` handler: php-resque job classes run by a pool of long-lived PHP processes
+//! (DESIGN §4).
+//!
+//! Each process runs `php/runner.php` (or the application's own entry point, which boots its
+//! framework and then `require`s the runner named in `RESQUE_RUNNER`). The application is
+//! bootstrapped once per process, not once per job. A process is checked out for one job, and
+//! returned to the pool afterwards unless it has run `max_jobs` jobs or reports more than
+//! `max_memory` bytes in use; then it is told to exit (end of file on its requests).
+//!
+//! Requests and responses travel over two pipes on file descriptors 3 and 4, because jobs write
+//! to STDOUT: the process's stdout and stderr are logged line by line under the caller's span,
+//! the last [`STDERR_TAIL`] stderr lines kept for failure records. See `php/runner.php` for the
+//! message format.
+//!
+//! A process that dies (fatal error, `exit()`, out of memory, a signal) fails its job with PHP's
+//! own message when the runner could still write one, or with its exit status and stderr, and is
+//! replaced by a new one for the next job. A process that cannot even start (a missing bootstrap
+//! file) fails the job with its stderr, and the next start waits a little longer each time
+//! ([`MAX_BACKOFF`]), so a broken setup does not spin.
+//!
+//! Killing: on timeout the process group gets TERM, then `grace`, then KILL. When the `perform`
+//! future is dropped the group gets KILL at once, and the process is never reused.
+
+use super::{Handler, Job, JobFailure};
+use crate::protocol::DIRTY_EXIT_EXCEPTION;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tracing::Instrument;
+
+/// How many stderr lines a failure record keeps.
+pub const STDERR_TAIL: usize = 20;
+
+/// Longest wait between two attempts to start a PHP process that keeps failing to start.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long output and a last response are still read after a PHP process is gone, when
+/// something it left behind keeps the pipes open.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
+
+/// Longest output line logged as one.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Longest response line accepted from the runner.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// How often, during the grace period, we look whether the group is gone.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// The exception class php-resque uses for its own errors (a missing job class).
+const RESQUE_EXCEPTION: &str = "Resque\\Exception";
+
+/// The runner's message when a job calls `exit()` (see `php/runner.php`).
+const EXIT_CALLED: &str = "Job called exit()";
+
+/// Variables the service manager gives the daemon, removed from every PHP process's environment.
+const DAEMON_ONLY_ENV: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// Where installed packages put the runner.
+const INSTALLED_RUNNER: &str = "/usr/share/resque/php/runner.php";
+
+/// How a PHP process runs its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// One job after another in the same process (the application is booted once).
+    Pool,
+    /// Each job in a child forked from the booted process, as php-resque does.
+    Fork,
+}
+
+impl Isolation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Pool => "pool",
+            Isolation::Fork => "fork",
+        }
+    }
+}
+
+/// How PHP jobs are run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhpSettings {
+    /// The PHP binary (looked up in `PATH`).
+    pub php: String,
+    /// `runner.php`.
+    pub runner: PathBuf,
+    /// php-resque's `APP_INCLUDE`: `require_once`d once per process before any job.
+    pub bootstrap: Option<PathBuf>,
+    /// The application's entry point, run instead of `php runner.php`; it boots its framework,
+    /// then does `require getenv('RESQUE_RUNNER');`.
+    pub command: Option<Vec<String>>,
+    pub isolation: Isolation,
+    /// A process is replaced after this many jobs; 0: never.
+    pub max_jobs: u32,
+    /// A process reporting more memory in use (bytes) is replaced; 0: never.
+    pub max_memory: u64,
+    /// A job running longer fails; its process group gets TERM, `grace`, then KILL.
+    pub timeout: Option<Duration>,
+    /// Time between TERM and KILL.
+    pub grace: Duration,
+    /// The processes' working directory; `None` keeps the daemon's.
+    pub working_dir: Option<PathBuf>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for PhpSettings {
+    fn default() -> Self {
+        PhpSettings {
+            php: "php".to_string(),
+            runner: default_runner_path(),
+            bootstrap: None,
+            command: None,
+            isolation: Isolation::Pool,
+            max_jobs: 1000,
+            max_memory: 256 * 1024 * 1024,
+            timeout: None,
+            grace: Duration::from_secs(10),
+            working_dir: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The installed runner if there is one, else the one in this source tree.
+pub fn default_runner_path() -> PathBuf {
+    let installed = Path::new(INSTALLED_RUNNER);
+    if installed.exists() {
+        installed.to_path_buf()
+    } else {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/php/runner.php"))
+    }
+}
+
+/// Runs PHP job classes in a pool of PHP processes.
+#[derive(Debug, Clone)]
+pub struct PhpHandler {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: PhpSettings,
+    /// Processes waiting for a job.
+    idle: Mutex<Vec<PhpProcess>>,
+    /// Processes that failed to start, in a row.
+    start_failures: Mutex<StartFailures>,
+}
+
+#[derive(Debug, Default)]
+struct StartFailures {
+    count: u32,
+    last: Option<Instant>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PhpHandler {
+    pub fn new(settings: PhpSettings) -> Self {
+        PhpHandler {
+            inner: Arc::new(Inner {
+                settings,
+                idle: Mutex::new(Vec::new()),
+                start_failures: Mutex::new(StartFailures::default()),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &PhpSettings {
+        &self.inner.settings
+    }
+
+    /// An idle process that is still alive, if any.
+    fn checkout(&self) -> Option<PhpProcess> {
+        loop {
+            let mut process = lock(&self.inner.idle).pop()?;
+            match process.child.try_wait() {
+                Ok(None) => return Some(process),
+                Ok(Some(status)) => {
+                    process.armed = false;
+                    tracing::warn!(
+                        pid = process.pid,
+                        "idle PHP worker ended on its own ({}); starting another",
+                        describe_status(status)
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(pid = process.pid, "cannot check on idle PHP worker: {e}");
+                }
+            }
+        }
+    }
+
+    fn checkin(&self, process: PhpProcess) {
+        lock(&self.inner.idle).push(process);
+    }
+
+    /// Waits out the back-off after failed starts.
+    async fn back_off(&self) {
+        let wait = {
+            let failures = lock(&self.inner.start_failures);
+            match failures.last {
+                Some(last) if failures.count > 0 => {
+                    let exponent = failures.count.saturating_sub(1).min(16);
+                    let delay = Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF);
+                    (last + delay).checked_duration_since(Instant::now())
+                }
+                _ => None,
+            }
+        };
+        if let Some(wait) = wait {
+            tracing::info!(
+                "PHP workers failed to start; waiting {} before the next attempt",
+                humantime::format_duration(round_ms(wait))
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn start_failed(&self) {
+        let mut failures = lock(&self.inner.start_failures);
+        failures.count = failures.count.saturating_add(1);
+        failures.last = Some(Instant::now());
+    }
+
+    fn started(&self) {
+        let mut failures = lock(&self.inner.start_failures);
+        failures.count = 0;
+        failures.last = None;
+    }
+
+    fn spawn(&self) -> Result<PhpProcess, JobFailure> {
+        let settings = &self.inner.settings;
+        let runner = match (&settings.working_dir, settings.runner.is_relative()) {
+            (Some(dir), true) => dir.join(&settings.runner),
+            _ => settings.runner.clone(),
+        };
+        if !runner.is_file() {
+            return Err(JobFailure::new(
+                DIRTY_EXIT_EXCEPTION,
+                format!(
+                    "cannot run PHP jobs: the runner {} does not exist",
+                    runner.display()
+                ),
+            ));
+        }
+        let mut cmd = match &settings.command {
+            Some(command) => {
+                let Some((program, args)) = command.split_first() else {
+                    return Err(JobFailure::new(
+                        DIRTY_EXIT_EXCEPTION,
+                        "cannot run PHP jobs: the command is empty",
+                    ));
+                };
+                let mut cmd = Command::new(program);
+                cmd.args(args);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(&settings.php);
+                cmd.arg(&runner);
+                cmd
+            }
+        };
+        let program = match &settings.command {
+            Some(command) => command.first().cloned().unwrap_or_default(),
+            None => settings.php.clone(),
+        };
+        for name in DAEMON_ONLY_ENV {
+            cmd.env_remove(name);
+        }
+        cmd.env("RESQUE_RUNNER", &runner);
+        match &settings.bootstrap {
+            Some(bootstrap) => cmd.env("RESQUE_BOOTSTRAP", bootstrap),
+            None => cmd.env_remove("RESQUE_BOOTSTRAP"),
+        };
+        cmd.env("RESQUE_ISOLATION", settings.isolation.as_str());
+        cmd.envs(settings.env.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &settings.working_dir {
+            cmd.current_dir(dir);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+
+        let spawn_error = |e: &dyn std::fmt::Display| {
+            let place = match &settings.working_dir {
+                Some(dir) => format!(" in {}", dir.display()),
+                None => String::new(),
+            };
+            JobFailure::new(
+                DIRTY_EXIT_EXCEPTION,
+                format!("cannot run PHP worker {program}{place}: {e}"),
+            )
+        };
+
+        // Requests (fd 3 in PHP) and responses (fd 4). Both ends are close-on-exec; only the
+        // child's ends are moved to 3 and 4 in the child, between fork and exec. Done by hand
+        // (not with a crate like `command-fds`) because it is two `dup2`s.
+        let (request_read, request_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_error(&e))?;
+        let (response_read, response_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_error(&e))?;
+        let child_in = request_read.as_raw_fd();
+        let child_out = response_write.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup2,
+        // which are async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                // First copy both above 4, so that moving one onto 3 or 4 cannot overwrite the
+                // other, and so that `dup2` never gets the same fd twice (which would keep
+                // close-on-exec set). The copies are close-on-exec themselves.
+                let input = libc::fcntl(child_in, libc::F_DUPFD_CLOEXEC, 5);
+                if input < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let output = libc::fcntl(child_out, libc::F_DUPFD_CLOEXEC, 5);
+                if output < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::dup2(input, 3) < 0 || libc::dup2(output, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+
+        let mut child = cmd.spawn().map_err(|e| spawn_error(&e))?;
+        // The child has its copies; ours must go, or we would never see end of file.
+        drop(request_read);
+        drop(response_write);
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .ok_or_else(|| spawn_error(&"the process has no pid"))?;
+        let requests = sender(request_write).map_err(|e| spawn_error(&e))?;
+        let responses = receiver(response_read).map_err(|e| spawn_error(&e))?;
+        tracing::debug!(
+            pid,
+            isolation = settings.isolation.as_str(),
+            "started PHP worker"
+        );
+        Ok(PhpProcess {
+            pid,
+            pgid: Pid::from_raw(pid),
+            armed: true,
+            ready: false,
+            jobs: 0,
+            requests: Some(requests),
+            responses: Some(Lines::new(responses, MAX_RESPONSE)),
+            output: Output::new(child.stdout.take(), child.stderr.take()),
+            child,
+        })
+    }
+
+    /// Tells a process to exit after its last job, in the background.
+    fn retire(&self, mut process: PhpProcess, why: String) {
+        tracing::debug!(pid = process.pid, "recycling PHP worker: {why}");
+        let grace = self.inner.settings.grace;
+        let span = tracing::Span::current();
+        let task = async move {
+            // End of file on its requests: the runner exits 0.
+            process.requests = None;
+            process.terminate_within(grace, false).await;
+            process.output.drain().await;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(task.instrument(span));
+            }
+            // No runtime to wait in: dropping the process kills it.
+            Err(_) => drop(task),
+        }
+    }
+
+    /// Runs one job on one process, which is used up or returned to the pool.
+    async fn run(&self, job: &Job) -> Result<(), JobFailure> {
+        let settings = &self.inner.settings;
+        let request = request_line(job)?;
+
+        let mut process = match self.checkout() {
+            Some(process) => process,
+            None => {
+                self.back_off().await;
+                match self.spawn() {
+                    Ok(process) => process,
+                    Err(failure) => {
+                        self.start_failed();
+                        return Err(failure);
+                    }
+                }
+            }
+        };
+        process.output.tail.clear();
+
+        let ended = process.exchange(&request, settings.timeout, self).await;
+
+        match ended {
+            Ended::Response(response) if !response.exiting => {
+                process.jobs = process.jobs.saturating_add(1);
+                process.output.drain_ready();
+                let recycle = if settings.max_jobs > 0 && process.jobs >= settings.max_jobs {
+                    Some(format!("it has run {} jobs", process.jobs))
+                } else if settings.max_memory > 0 && response.memory > settings.max_memory {
+                    Some(format!(
+                        "it uses {} bytes (max_memory is {})",
+                        response.memory, settings.max_memory
+                    ))
+                } else {
+                    None
+                };
+                match recycle {
+                    Some(why) => self.retire(process, why),
+                    None => self.checkin(process),
+                }
+                response.into_result()
+            }
+            Ended::Response(response) => {
+                // The runner answered from its shutdown function: the process is going down.
+                let status = process.terminate_within(settings.grace, false).await;
+                process.output.drain().await;
+                let mut failure = response.into_failure();
+                if let Some(code) = status.and_then(|s| s.code()) {
+                    with_exit_code(&mut failure, code);
+                }
+                if failure.backtrace.is_empty() {
+                    failure.backtrace = process.output.tail();
+                }
+                Err(failure)
+            }
+            Ended::Died(status) => {
+                // What the process left in its group (a forked job child) goes with it.
+                process.signal(Signal::SIGKILL);
+                process.armed = false;
+                process.output.drain().await;
+                // A response written just before the end may still be in the pipe.
+                if let Some(response) = process.last_response().await {
+                    if response.ok {
+                        return response.into_result();
+                    }
+                    let mut failure = response.into_failure();
+                    if let Some(code) = status.as_ref().ok().and_then(|s| s.code()) {
+                        with_exit_code(&mut failure, code);
+                    }
+                    if failure.backtrace.is_empty() {
+                        failure.backtrace = process.output.tail();
+                    }
+                    return Err(failure);
+                }
+                let how = match &status {
+                    Ok(status) => describe_status(*status),
+                    Err(e) => format!("cannot wait for it: {e}"),
+                };
+                let tail = process.output.tail();
+                let last = tail
+                    .iter()
+                    .rev()
+                    .find(|line| !line.trim().is_empty())
+                    .map(|line| format!(": {}", line.trim()))
+                    .unwrap_or_default();
+                let error = if process.ready {
+                    format!("PHP worker died: {how}{last}")
+                } else {
+                    self.start_failed();
+                    format!("PHP worker failed to start: {how}{last}")
+                };
+                tracing::warn!(pid = process.pid, "{error}");
+                Err(JobFailure::new(DIRTY_EXIT_EXCEPTION, error).with_backtrace(tail))
+            }
+            Ended::TimedOut => {
+                let limit = settings.timeout.unwrap_or_default();
+                tracing::warn!(
+                    pid = process.pid,
+                    "job timed out after {}; stopping its PHP worker",
+                    humantime::format_duration(limit)
+                );
+                process.terminate_within(settings.grace, true).await;
+                process.output.drain().await;
+                Err(JobFailure::new(
+                    DIRTY_EXIT_EXCEPTION,
+                    format!("Job timed out after {}", humantime::format_duration(limit)),
+                )
+                .with_backtrace(process.output.tail()))
+            }
+            Ended::Protocol(problem) => {
+                tracing::error!(pid = process.pid, "PHP runner protocol error: {problem}");
+                process.terminate_within(settings.grace, true).await;
+                process.output.drain().await;
+                Err(JobFailure::new(
+                    DIRTY_EXIT_EXCEPTION,
+                    format!("PHP runner protocol error: {problem}"),
+                )
+                .with_backtrace(process.output.tail()))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for PhpHandler {
+    async fn perform(&self, job: &Job) -> Result<(), JobFailure> {
+        self.run(job).await
+    }
+}
+
+/// The request line for a job (runner.php's input).
+fn request_line(job: &Job) -> Result<Vec<u8>, JobFailure> {
+    let request = serde_json::json!({
+        "class": job.class(),
+        "args": job.payload.php_args(),
+        "queue": job.queue,
+        "id": job.id(),
+        "payload": job.payload.to_value(),
+    });
+    let mut line = serde_json::to_vec(&request).map_err(|e| {
+        JobFailure::new(
+            RESQUE_EXCEPTION,
+            format!("cannot encode the job for PHP: {e}"),
+        )
+    })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn sender(fd: OwnedFd) -> std::io::Result<pipe::Sender> {
+    pipe::Sender::from_owned_fd(fd)
+}
+
+fn receiver(fd: OwnedFd) -> std::io::Result<pipe::Receiver> {
+    pipe::Receiver::from_owned_fd(fd)
+}
+
+/// "Job called exit()" (the runner cannot know the code) gets the code the process exited with.
+fn with_exit_code(failure: &mut JobFailure, code: i32) {
+    if failure.exception == DIRTY_EXIT_EXCEPTION && failure.error == EXIT_CALLED {
+        failure.error = format!("{EXIT_CALLED} with exit code {code}");
+    }
+}
+
+fn round_ms(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An exit status in words: `exit code 255`, `killed by signal SIGKILL`.
+fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    match status.signal() {
+        Some(number) => {
+            let name = match Signal::try_from(number) {
+                Ok(signal) => signal.as_str().to_string(),
+                Err(_) => format!("{number}"),
+            };
+            let core = if status.core_dumped() {
+                " (core dumped)"
+            } else {
+                ""
+            };
+            format!("killed by signal {name}{core}")
+        }
+        None => format!("{status}"),
+    }
+}
+
+/// A message from the runner on fd 4.
+#[derive(Debug, Deserialize)]
+struct Message {
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    pid: Option<u64>,
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(default)]
+    dont_perform: bool,
+    #[serde(default)]
+    exception: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    backtrace: Vec<serde_json::Value>,
+    #[serde(default)]
+    memory: u64,
+    #[serde(default)]
+    exiting: bool,
+}
+
+/// The runner's answer for one job.
+#[derive(Debug)]
+struct Response {
+    ok: bool,
+    dont_perform: bool,
+    exception: String,
+    error: String,
+    backtrace: Vec<String>,
+    memory: u64,
+    exiting: bool,
+}
+
+impl Response {
+    fn into_failure(self) -> JobFailure {
+        JobFailure::new(self.exception, self.error).with_backtrace(self.backtrace)
+    }
+
+    fn into_result(self) -> Result<(), JobFailure> {
+        if self.ok {
+            if self.dont_perform {
+                tracing::debug!("job threw DontPerform: not performed, counted as done");
+            }
+            Ok(())
+        } else {
+            Err(self.into_failure())
+        }
+    }
+}
+
+enum Parsed {
+    Ready(Option<u64>),
+    Response(Response),
+}
+
+fn parse_message(line: &str) -> Result<Parsed, String> {
+    let message: Message = serde_json::from_str(line).map_err(|e| {
+        let shown: String = line.chars().take(200).collect();
+        format!("unreadable message {shown:?}: {e}")
+    })?;
+    if message.ready {
+        return Ok(Parsed::Ready(message.pid));
+    }
+    let Some(ok) = message.ok else {
+        let shown: String = line.chars().take(200).collect();
+        return Err(format!(
+            "message is neither ready nor a response: {shown:?}"
+        ));
+    };
+    let backtrace = message
+        .backtrace
+        .into_iter()
+        .map(|line| match line {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .collect();
+    Ok(Parsed::Response(Response {
+        ok,
+        dont_perform: message.dont_perform,
+        exception: message
+            .exception
+            .unwrap_or_else(|| RESQUE_EXCEPTION.to_string()),
+        error: message
+            .error
+            .unwrap_or_else(|| "the PHP runner gave no error message".to_string()),
+        backtrace,
+        memory: message.memory,
+        exiting: message.exiting,
+    }))
+}
+
+/// How one exchange with a process ended.
+enum Ended {
+    /// The runner answered.
+    Response(Response),
+    /// The process ended without answering (so far: [`PhpProcess::last_response`]).
+    Died(std::io::Result<ExitStatus>),
+    TimedOut,
+    /// The runner said something we do not understand.
+    Protocol(String),
+}
+
+/// One PHP process and its process group. Dropped while armed, it kills the whole group.
+#[derive(Debug)]
+struct PhpProcess {
+    pid: i32,
+    /// The group: the process's pid, as `process_group(0)` made it.
+    pgid: Pid,
+    /// Whether the group is still ours to kill. Cleared once the process has been reaped,
+    /// because then the group may be gone and its id taken by someone else.
+    armed: bool,
+    /// The runner said it is ready (its bootstrap succeeded).
+    ready: bool,
+    /// Jobs completed.
+    jobs: u32,
+    /// Requests (the runner's fd 3). `None` closes it: the runner exits.
+    requests: Option<pipe::Sender>,
+    /// Responses (the runner's fd 4). `None` after end of file.
+    responses: Option<Lines<pipe::Receiver>>,
+    output: Output,
+    /// Declared last so [`Drop`] signals the group while the leader is not yet reaped.
+    child: Child,
+}
+
+impl PhpProcess {
+    fn signal(&self, signal: Signal) {
+        match killpg(self.pgid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => tracing::warn!(
+                "cannot send {signal} to PHP worker process group {}: {e}",
+                self.pgid
+            ),
+        }
+    }
+
+    /// Whether any process is left in the group (zombies included).
+    fn group_alive(&self) -> bool {
+        !matches!(killpg(self.pgid, None), Err(nix::errno::Errno::ESRCH))
+    }
+
+    /// Sends the request and waits for the answer, logging output meanwhile.
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        timeout: Option<Duration>,
+        handler: &PhpHandler,
+    ) -> Ended {
+        let timer = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timer);
+
+        let requests = &mut self.requests;
+        let feed = async move {
+            let Some(requests) = requests else {
+                return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+            };
+            requests.write_all(request).await?;
+            requests.flush().await
+        };
+        tokio::pin!(feed);
+        let mut fed = false;
+
+        loop {
+            tokio::select! {
+                status = self.child.wait() => return Ended::Died(status),
+                line = next_line(&mut self.responses) => match line {
+                    None => self.responses = None,
+                    Some(line) => match parse_message(&line) {
+                        Ok(Parsed::Ready(pid)) => {
+                            self.ready = true;
+                            handler.started();
+                            tracing::debug!(pid = self.pid, php_pid = pid, "PHP worker ready");
+                        }
+                        Ok(Parsed::Response(response)) => return Ended::Response(response),
+                        Err(problem) => return Ended::Protocol(problem),
+                    },
+                },
+                () = self.output.next(), if self.output.is_open() => {}
+                written = &mut feed, if !fed => {
+                    fed = true;
+                    if let Err(e) = written {
+                        // The process is gone or going: its exit tells the rest.
+                        tracing::debug!(pid = self.pid, "cannot send the job to the PHP worker: {e}");
+                    }
+                }
+                () = &mut timer => return Ended::TimedOut,
+            }
+        }
+    }
+
+    /// The response the runner wrote before it ended, if any.
+    async fn last_response(&mut self) -> Option<Response> {
+        let read = async {
+            while let Some(line) = next_line(&mut self.responses).await {
+                match parse_message(&line) {
+                    Ok(Parsed::Ready(_)) => self.ready = true,
+                    Ok(Parsed::Response(response)) => return Some(response),
+                    Err(_) => return None,
+                }
+            }
+            None
+        };
+        tokio::time::timeout(OUTPUT_DRAIN, read)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits up to `grace` for the process to end (after TERM to its group when `term`), then
+    /// KILLs what is left of the group and reaps the process. Output is logged meanwhile.
+    async fn terminate_within(&mut self, grace: Duration, term: bool) -> Option<ExitStatus> {
+        if !self.armed {
+            return None;
+        }
+        if term {
+            self.signal(Signal::SIGTERM);
+        }
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        let mut status = None;
+        let mut reaped = false;
+        loop {
+            if reaped && !self.group_alive() {
+                break;
+            }
+            tokio::select! {
+                waited = self.child.wait(), if !reaped => {
+                    reaped = true;
+                    status = waited.ok();
+                }
+                () = self.output.next(), if self.output.is_open() => {}
+                () = tokio::time::sleep(GROUP_POLL), if reaped => {}
+                () = &mut deadline => break,
+            }
+        }
+        if !reaped || self.group_alive() {
+            self.signal(Signal::SIGKILL);
+        }
+        if !reaped {
+            match self.child.wait().await {
+                Ok(waited) => status = Some(waited),
+                Err(e) => tracing::warn!("cannot wait for the killed PHP worker: {e}"),
+            }
+        }
+        self.armed = false;
+        status
+    }
+}
+
+impl Drop for PhpProcess {
+    fn drop(&mut self) {
+        if self.armed {
+            // `kill_on_drop` only reaches the leader; take its children (fork isolation) along.
+            self.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// The process's stdout and stderr, logged line by line, with the tail of stderr kept.
+#[derive(Debug)]
+struct Output {
+    stdout: Option<Lines<ChildStdout>>,
+    stderr: Option<Lines<ChildStderr>>,
+    tail: VecDeque<String>,
+}
+
+impl Output {
+    fn new(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>) -> Self {
+        Output {
+            stdout: stdout.map(|s| Lines::new(s, MAX_LINE)),
+            stderr: stderr.map(|s| Lines::new(s, MAX_LINE)),
+            tail: VecDeque::with_capacity(STDERR_TAIL),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some()
+    }
+
+    fn log_stdout(line: &str) {
+        tracing::info!(target: "resque::job_output", stream = "stdout", "{}", line);
+    }
+
+    fn log_stderr(&mut self, line: String) {
+        tracing::warn!(target: "resque::job_output", stream = "stderr", "{}", line);
+        if self.tail.len() == STDERR_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    /// Logs the next line from either stream, or notes an end of file. Cancel safe. Never
+    /// completes once both streams are closed.
+    async fn next(&mut self) {
+        tokio::select! {
+            line = next_line(&mut self.stdout) => match line {
+                Some(line) => Self::log_stdout(&line),
+                None => self.stdout = None,
+            },
+            line = next_line(&mut self.stderr) => match line {
+                Some(line) => self.log_stderr(line),
+                None => self.stderr = None,
+            },
+        }
+    }
+
+    /// Logs the lines already written, without waiting for more: the runner flushes the job's
+    /// output before it answers, so this is the rest of the job's output. Read straight from the
+    /// pipes, because the runtime may not have noticed yet that they are readable. A last line
+    /// without a newline is logged too, so that it goes with this job.
+    fn drain_ready(&mut self) {
+        if let Some(stdout) = &mut self.stdout {
+            let (lines, open) = stdout.ready_lines();
+            lines.iter().for_each(|line| Self::log_stdout(line));
+            if !open {
+                self.stdout = None;
+            }
+        }
+        if let Some(stderr) = &mut self.stderr {
+            let (lines, open) = stderr.ready_lines();
+            if !open {
+                self.stderr = None;
+            }
+            lines.into_iter().for_each(|line| self.log_stderr(line));
+        }
+    }
+
+    /// Logs what is left, until both streams end or [`OUTPUT_DRAIN`] has passed.
+    async fn drain(&mut self) {
+        let read_all = async {
+            while self.is_open() {
+                self.next().await;
+            }
+        };
+        if tokio::time::timeout(OUTPUT_DRAIN, read_all).await.is_err() {
+            tracing::debug!("PHP worker output still open after it ended; no longer read");
+        }
+        self.stdout = None;
+        self.stderr = None;
+    }
+
+    fn tail(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+}
+
+/// The next line of an open stream; pending forever for a closed one.
+async fn next_line<R: AsyncRead + Unpin>(lines: &mut Option<Lines<R>>) -> Option<String> {
+    match lines {
+        Some(lines) => lines.next_line().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lines of a byte stream, any encoding (invalid UTF-8 is replaced), at most `max` bytes each.
+#[derive(Debug)]
+struct Lines<R> {
+    reader: BufReader<R>,
+    line: Vec<u8>,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Lines {
+            reader: BufReader::new(reader),
+            line: Vec::new(),
+            max,
+        }
+    }
+
+    /// The next line without its `\n` (and `\r`); `None` at end of file. A read error counts as end
+    /// of file. Cancel safe: a partial line stays in `self.line`.
+    async fn next_line(&mut self) -> Option<String> {
+        loop {
+            let available = match self.reader.fill_buf().await {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("cannot read from the PHP worker: {e}");
+                    &[]
+                }
+            };
+            if available.is_empty() {
+                return (!self.line.is_empty()).then(|| self.take());
+            }
+            let room = self.max.saturating_sub(self.line.len());
+            if let Some(end) = available.iter().take(room).position(|&b| b == b'\n') {
+                self.line.extend_from_slice(&available[..end]);
+                self.reader.consume(end + 1);
+                return Some(self.take());
+            }
+            let used = available.len().min(room);
+            self.line.extend_from_slice(&available[..used]);
+            self.reader.consume(used);
+            if self.line.len() >= self.max {
+                return Some(self.take());
+            }
+        }
+    }
+
+    fn take(&mut self) -> String {
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        let text = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        text
+    }
+
+    /// Adds bytes read, splitting them into lines.
+    fn push(&mut self, mut bytes: &[u8], lines: &mut Vec<String>) {
+        while !bytes.is_empty() {
+            let room = self.max.saturating_sub(self.line.len()).max(1);
+            if let Some(end) = bytes.iter().take(room).position(|&b| b == b'\n') {
+                self.line.extend_from_slice(&bytes[..end]);
+                lines.push(self.take());
+                bytes = &bytes[end + 1..];
+                continue;
+            }
+            let used = bytes.len().min(room);
+            self.line.extend_from_slice(&bytes[..used]);
+            bytes = &bytes[used..];
+            if self.line.len() >= self.max {
+                lines.push(self.take());
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + AsRawFd> Lines<R> {
+    /// Everything already written, as lines (a last partial line included), without waiting;
+    /// and whether the stream is still open.
+    fn ready_lines(&mut self) -> (Vec<String>, bool) {
+        let mut lines = Vec::new();
+        let buffered = self.reader.buffer().to_vec();
+        self.reader.consume(buffered.len());
+        self.push(&buffered, &mut lines);
+        // The pipe is non-blocking (the runtime made it so): this reads what is there.
+        let fd = self.reader.get_ref().as_raw_fd();
+        let mut chunk = [0u8; 8192];
+        let mut open = true;
+        loop {
+            match nix::unistd::read(fd, &mut chunk) {
+                Ok(0) => {
+                    open = false;
+                    break;
+                }
+                Ok(n) => self.push(&chunk[..n], &mut lines),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => {
+                    tracing::debug!("cannot read from the PHP worker: {e}");
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if !self.line.is_empty() {
+            lines.push(self.take());
+        }
+        (lines, open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse() {
+        assert!(matches!(
+            parse_message(r#"{"ready":true,"pid":12,"php":"8.2.0","isolation":"pool"}"#),
+            Ok(Parsed::Ready(Some(12)))
+        ));
+        let Ok(Parsed::Response(r)) = parse_message(
+            r##"{"ok":false,"exception":"RuntimeException","error":"x","backtrace":["#0 a","#1 {main}"],"memory":2097152}"##,
+        ) else {
+            panic!("not a response");
+        };
+        assert!(!r.ok && !r.exiting);
+        assert_eq!(r.memory, 2097152);
+        let failure = r.into_failure();
+        assert_eq!(failure.exception, "RuntimeException");
+        assert_eq!(failure.backtrace, vec!["#0 a", "#1 {main}"]);
+        assert!(parse_message("Fatal error").is_err());
+        assert!(parse_message(r#"{"memory":1}"#).is_err());
+    }
+
+    #[test]
+    fn statuses_read_well() {
+        assert_eq!(describe_status(ExitStatus::from_raw(3 << 8)), "exit code 3");
+        assert_eq!(
+            describe_status(ExitStatus::from_raw(9)),
+            "killed by signal SIGKILL"
+        );
+    }
+
+    #[test]
+    fn lines_split_long_output() {
+        let mut lines = Lines::new(tokio::io::empty(), 4);
+        let mut out = Vec::new();
+        lines.push(b"ab\ncdefgh\r\nij", &mut out);
+        assert_eq!(out, vec!["ab", "cdef", "gh"]);
+        assert_eq!(lines.take(), "ij");
+    }
+}
