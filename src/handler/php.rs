@@ -105,7 +105,8 @@ pub struct PhpSettings {
     /// php-resque's `APP_INCLUDE`: `require_once`d once per process before any job.
     pub bootstrap: Option<PathBuf>,
     /// The application's entry point, run instead of `php runner.php`; it boots its framework,
-    /// then does `require getenv('RESQUE_RUNNER');`.
+    /// then does `require getenv('RESQUE_RUNNER');` (`php` is not used then). `RESQUE_BOOTSTRAP`
+    /// and `RESQUE_ISOLATION` are set for it as for the runner.
     pub command: Option<Vec<String>>,
     pub isolation: Isolation,
     /// A process is replaced after this many jobs; 0: never.
@@ -378,23 +379,9 @@ impl PhpHandler {
     }
 
     /// Tells a process to exit after its last job, in the background.
-    fn retire(&self, mut process: PhpProcess, why: String) {
+    fn retire(&self, process: PhpProcess, why: String) {
         tracing::debug!(pid = process.pid, "recycling PHP worker: {why}");
-        let grace = self.inner.settings.grace;
-        let span = tracing::Span::current();
-        let task = async move {
-            // End of file on its requests: the runner exits 0.
-            process.requests = None;
-            process.terminate_within(grace, false).await;
-            process.output.drain().await;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(task.instrument(span));
-            }
-            // No runtime to wait in: dropping the process kills it.
-            Err(_) => drop(task),
-        }
+        retire(process, self.inner.settings.grace);
     }
 
     /// Runs one job on one process, which is used up or returned to the pool.
@@ -524,6 +511,37 @@ impl PhpHandler {
 impl Handler for PhpHandler {
     async fn perform(&self, job: &Job) -> Result<(), JobFailure> {
         self.run(job).await
+    }
+}
+
+/// Tells a process to exit (end of file on its requests: the runner exits 0, running the
+/// application's shutdown functions), in the background; after `grace` its group is killed.
+fn retire(mut process: PhpProcess, grace: Duration) {
+    let span = tracing::Span::current();
+    let task = async move {
+        process.requests = None;
+        process.terminate_within(grace, false).await;
+        process.output.drain().await;
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(task.instrument(span));
+        }
+        // No runtime to wait in: dropping the process kills it.
+        Err(_) => drop(task),
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let idle = std::mem::take(
+            self.idle
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for process in idle {
+            retire(process, self.settings.grace);
+        }
     }
 }
 
