@@ -188,6 +188,7 @@ enqueue() {
 }
 job_done() { C test -s "$OUT/job-$1"; }
 attempts() { C sh -c "cat '$OUT/started-$1' 2>/dev/null | wc -l"; }
+watchdog_timeouts() { journal -u "$1" -o cat | grep -c 'Watchdog timeout' || true; }
 failed_count() { rcli LLEN resque:failed; }
 workers_count() { rcli SCARD resque:workers; }
 
@@ -445,14 +446,19 @@ c_watchdog() {
 
 c_graceful_stop() {
 	require_active "$U"
-	local id f0 t1 t2
+	local id f0 t1 t2 w0
 	f0=$(failed_count)
+	w0=$(watchdog_timeouts "$U")
 	id=$(enqueue default 'Shell\Sleep5' '{"stop":"graceful"}')
 	wait_for 10 sh -c "nsenter -t $L -a test -e $OUT/started-$id" || fail "job $id did not start"
 	t1=$(date +%s%N)
 	C timeout 60 systemctl stop "$U"
 	t2=$(date +%s%N)
 	echo "systemctl stop took $(((t2 - t1) / 1000000)) ms"
+	if [ "$(watchdog_timeouts "$U")" -gt "$w0" ]; then
+		journal -u "$U" -o short-monotonic | grep -B3 -A3 'Watchdog timeout' | tail -8
+		fail "the daemon stopped pinging the watchdog (WATCHDOG=1) while draining"
+	fi
 	[ "$(state "$U")" = inactive ] || fail "state after stop: $(state "$U")"
 	job_done "$id" || fail "running job $id was not allowed to finish"
 	[ "$(attempts "$id")" = 1 ] || fail "job ran $(attempts "$id") times"
@@ -460,6 +466,25 @@ c_graceful_stop() {
 	[ "$(failed_count)" = "$f0" ] || fail "job went to the failed list"
 	[ "$(workers_count)" = 0 ] || fail "workers still registered: $(rcli SMEMBERS resque:workers)"
 	journal -u "$U" -n 5 -o cat
+}
+
+c_bad_config_start() {
+	C cp /etc/resque.toml /srv/e2e/good.toml
+	C sed -i 's/^count = .*/count = "many"/' /etc/resque.toml
+	C systemctl reset-failed "$U" 2>/dev/null || true
+	local rc=0
+	C timeout 60 systemctl start "$U" || rc=$?
+	sleep 3 # RestartSec=1 in the test drop-in: a restart loop would show by now
+	C cp /srv/e2e/good.toml /etc/resque.toml
+	C chgrp resque /etc/resque.toml
+	[ "$rc" != 0 ] || fail "systemctl start succeeded with an invalid config"
+	journal -u "$U" -n 8 -o cat
+	journal -u "$U" -o cat | grep -q 'resque.toml:[0-9]*: instance.default.count' ||
+		fail "the journal does not name file, line and key"
+	echo "state: $(state "$U"), NRestarts: $(prop "$U" NRestarts), Result: $(prop "$U" Result)"
+	[ "$(state "$U")" = failed ] || fail "expected failed, got $(state "$U")"
+	[ "$(prop "$U" NRestarts)" = 0 ] || fail "restarted $(prop "$U" NRestarts) times with a bad config"
+	C systemctl reset-failed "$U"
 }
 
 c_umbrella() {
@@ -479,6 +504,13 @@ c_umbrella() {
 	[ "$(prop "$U" MainPID)" = "$a0" ] && [ "$(prop "$U2" MainPID)" = "$b0" ] || fail "reload restarted an instance"
 	C systemctl reset-failed "$U" "$U2" 2>/dev/null || true
 	C timeout 90 systemctl restart resque.service
+	# systemctl waits for the umbrella's job only; the instances' restart
+	# jobs it triggered (PartOf=) finish on their own.
+	restarted() {
+		is_active "$U" && is_active "$U2" &&
+			[ "$(prop "$U" MainPID)" != "$a0" ] && [ "$(prop "$U2" MainPID)" != "$b0" ]
+	}
+	wait_for 60 restarted || true
 	a1=$(prop "$U" MainPID)
 	b1=$(prop "$U2" MainPID)
 	echo "$U: $a0 -> $a1, $U2: $b0 -> $b1"
@@ -544,6 +576,7 @@ check reload c_reload
 check reload_invalid c_reload_invalid
 check watchdog c_watchdog
 check graceful_stop c_graceful_stop
+check bad_config_start c_bad_config_start
 check umbrella c_umbrella
 check upgrade c_upgrade
 check remove c_remove
@@ -552,8 +585,9 @@ check purge c_purge
 if [ -f "$WORK/security.txt" ]; then
 	step "systemd-analyze security resque@default.service: $(grep -h 'Overall exposure' "$WORK/security.txt" || echo '?')"
 fi
+journal -o short-monotonic >"$WORK/journal.txt" 2>&1 || true
 if [ "$FAILED" -gt 0 ]; then
-	step "journal of the resque units (last 60 lines):"
+	step "journal of the resque units (last 60 lines; all of it: $WORK/journal.txt):"
 	journal -u 'resque*' -n 60 -o short-monotonic 2>/dev/null | sed 's/^/    /' || true
 fi
 
