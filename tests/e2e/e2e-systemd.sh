@@ -518,6 +518,22 @@ c_umbrella() {
 	[ "$a1" != "$a0" ] && [ "$b1" != "$b0" ] || fail "systemctl restart resque did not restart every instance"
 }
 
+c_enable() {
+	# "systemctl enable resque@.service" enables the DefaultInstance.
+	C systemctl enable resque@.service resque@second.service
+	[ "$(C systemctl is-enabled "$U")" = enabled ] || fail "resque@default not enabled by DefaultInstance"
+	C test -L /etc/systemd/system/multi-user.target.wants/$U || fail "not wanted by multi-user.target"
+	C test -L /etc/systemd/system/resque.service.wants/$U2 || fail "not wanted by resque.service"
+	C timeout 90 systemctl stop resque.service
+	[ "$(state "$U")" != active ] && [ "$(state "$U2")" != active ] ||
+		fail "systemctl stop resque left instances running: $(state "$U") $(state "$U2")"
+	C systemctl reset-failed "$U" "$U2" 2>/dev/null || true
+	C timeout 90 systemctl start resque.service
+	wait_for 30 sh -c "[ \"\$(nsenter -t $L -a systemctl is-active $U $U2 | sort -u)\" = active ]" ||
+		fail "systemctl start resque did not start the enabled instances: $(state "$U") $(state "$U2")"
+	C systemctl disable resque@.service resque@second.service
+}
+
 c_upgrade() {
 	start "$U"
 	start "$U2"
@@ -578,6 +594,7 @@ check watchdog c_watchdog
 check graceful_stop c_graceful_stop
 check bad_config_start c_bad_config_start
 check umbrella c_umbrella
+check enable c_enable
 check upgrade c_upgrade
 check remove c_remove
 check purge c_purge
