@@ -226,6 +226,7 @@ EOF
 fixtures() {
 	C mkdir -p "$OUT" /srv/e2e/app
 	C chown resque:resque "$OUT"
+	C chmod 1777 "$OUT" # the examples check runs jobs as www-data too
 	C sh -c 'cat >/srv/e2e/app/bootstrap.php' <<'EOF'
 <?php
 // Loaded once per PHP runner process (what APP_INCLUDE was for php-resque).
@@ -239,6 +240,10 @@ class WriteFile
 
     public function perform()
     {
+        // PCRE (JIT where allowed): MemoryDenyWriteExecute must not break it.
+        if (!preg_match('/^[a-z]+[0-9]*$/', $this->args['token'])) {
+            throw new \RuntimeException('bad token');
+        }
         $out = '/srv/e2e/out/php-' . $this->args['token'];
         file_put_contents($out . '.tmp', json_encode([
             'queue' => $this->queue,
@@ -534,6 +539,41 @@ c_enable() {
 	C systemctl disable resque@.service resque@second.service
 }
 
+# The documented drop-ins, as installed, on resque@second (queue "second").
+c_examples() {
+	local ex=/usr/share/doc/resque/examples/systemd d=/etc/systemd/system/$U2.d id token
+	C systemctl stop "$U2" || true
+	C mkdir -p "$d"
+
+	C cp "$ex/www-data.conf" "$d/"
+	C systemctl daemon-reload
+	start "$U2"
+	require_active "$U2"
+	[ "$(C ps -o user= -p "$(prop "$U2" MainPID)" | tr -d ' ')" = www-data ] || fail "www-data.conf: not running as www-data"
+	id=$(enqueue second 'Shell\Echo' '{"as":"www-data"}')
+	wait_for 15 job_done "$id" || fail "www-data.conf: job did not run"
+	[ "$(C stat -c %U "$OUT/job-$id")" = www-data ] || fail "www-data.conf: job did not run as www-data"
+	echo "www-data.conf: ok"
+	C systemctl stop "$U2"
+	C rm "$d/www-data.conf"
+
+	C cp "$ex/strict-hardening.conf" "$ex/memory-limits.conf" "$d/"
+	C sh -c "printf '[Service]\nReadWritePaths=$OUT\n' >$d/zz-e2e.conf"
+	C systemctl daemon-reload
+	start "$U2"
+	require_active "$U2"
+	id=$(enqueue second 'Shell\Echo' '{"strict":"yes"}')
+	token=strict$RANDOM
+	enqueue second 'App\Jobs\WriteFile' "{\"token\":\"$token\"}" >/dev/null
+	wait_for 15 job_done "$id" || fail "strict-hardening.conf: exec job did not run"
+	wait_for 20 C test -s "$OUT/php-$token" || fail "strict-hardening.conf: PHP job did not run"
+	C systemctl show "$U2" -p MemoryMax -p TasksMax -p MemoryDenyWriteExecute -p ProtectSystem
+	echo "strict-hardening.conf + memory-limits.conf: ok"
+	C systemctl stop "$U2"
+	C rm -r "$d"
+	C systemctl daemon-reload
+}
+
 c_upgrade() {
 	start "$U"
 	start "$U2"
@@ -595,6 +635,7 @@ check graceful_stop c_graceful_stop
 check bad_config_start c_bad_config_start
 check umbrella c_umbrella
 check enable c_enable
+check examples c_examples
 check upgrade c_upgrade
 check remove c_remove
 check purge c_purge
