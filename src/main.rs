@@ -447,7 +447,7 @@ async fn daemon_request(
         }
     };
     if wait && what.starts_with("stop") {
-        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok() {
+        while process_alive(pid) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -465,6 +465,23 @@ async fn daemon_request(
         print_json(&json!({"pid": pid, "request": what, "ok": true}));
     }
     Ok(exit::OK)
+}
+
+/// True while `pid` runs; an exited process its parent has not reaped yet (a zombie) counts as
+/// gone.
+fn process_alive(pid: u32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next()),
+            Some(Some('Z'))
+        ),
+        Err(_) => false,
+    }
 }
 
 async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {

@@ -198,3 +198,79 @@ pub fn fixtures() -> PathBuf {
     }
     panic!("fixtures not found (tests/fixtures or ../shared/fixtures)");
 }
+
+/// A running `resque start` with its own runtime directory; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub runtime: tempfile::TempDir,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, extra_env: &[(&str, &str)]) -> Daemon {
+        Self::start_args(config, extra_env, &[])
+    }
+
+    pub fn start_args(config: &Path, extra_env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let runtime = tempfile::tempdir().expect("runtime dir");
+        let log = runtime.path().join("daemon.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = resque(config);
+        cmd.arg("start")
+            .args(args)
+            .env("RUNTIME_DIRECTORY", runtime.path())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn resque start");
+        Daemon {
+            child,
+            runtime,
+            log,
+            config: config.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit (bounded) and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!("daemon did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A control command (`stop`, `reload`, …) run against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = resque(&self.config);
+        cmd.args(args).env("RUNTIME_DIRECTORY", self.runtime.path());
+        cmd.output().expect("run resque")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,481 @@
+//! The daemon as systemd runs it: the real binary, a real redis-server, a real NOTIFY_SOCKET.
+//! Signals, graceful stop, reload under load, PID file, control commands.
+
+mod common;
+
+use common::{resque, run, stderr, stdout, wait_for, write_config, Daemon, RedisServer};
+use nix::sys::signal::Signal;
+use redis::Commands;
+use std::collections::HashMap;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn exec_config(redis: &RedisServer, dir: &Path, worker: &str) -> std::path::PathBuf {
+    // Sleep: sleeps args[0].sleep seconds, then records its id; Record: records its id.
+    let sleep = dir.join("sleep.sh");
+    std::fs::write(
+        &sleep,
+        format!(
+            "payload=$(cat)\nn=$(printf '%s' \"$payload\" | sed -n 's/.*\"sleep\":\\([0-9.]*\\).*/\\1/p')\nsleep \"${{n:-0}}\"\necho \"$RESQUE_JOB_ID\" >> {dir}/done\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    write_config(
+        dir,
+        &format!(
+            r#"[redis]
+url = "{url}"
+[worker]
+{worker}
+[[handler]]
+class = "Sleep"
+type = "exec"
+command = ["/bin/sh", '{sleep}']
+[[handler]]
+class = "Record"
+type = "exec"
+command = ["/bin/sh", "-c", 'echo "$RESQUE_JOB_ID" >> {dir}/done']
+"#,
+            url = redis.url(),
+            sleep = sleep.display(),
+            dir = dir.display()
+        ),
+    )
+}
+
+fn enqueue(config: &Path, queue: &str, class: &str, args: &str) -> String {
+    let o = run(resque(config).args(["enqueue", queue, class, args, "--track"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+fn done_ids(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("done"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn status_of(redis: &RedisServer, id: &str) -> Option<i64> {
+    let text: Option<String> = redis.conn().get(format!("resque:job:{id}:status")).unwrap();
+    text.map(|t| {
+        serde_json::from_str::<serde_json::Value>(&t).unwrap()["status"]
+            .as_i64()
+            .unwrap()
+    })
+}
+
+struct NotifyListener {
+    sock: UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifyListener {
+    fn new() -> NotifyListener {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifyListener {
+            sock,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Next datagram, if one arrives within the bound.
+    fn next(&self, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    }
+
+    /// Reads datagrams until one satisfies `pred`; returns it and everything seen before.
+    fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> (String, Vec<String>) {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + LIMIT;
+        while Instant::now() < deadline {
+            if let Some(msg) = self.next(Duration::from_millis(500)) {
+                if pred(&msg) {
+                    return (msg, seen);
+                }
+                seen.push(msg);
+            }
+        }
+        panic!("no {what} notification; saw {seen:?}");
+    }
+}
+
+#[test]
+fn notify_ready_watchdog_status_reload_stopping() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(&redis, dir.path(), "queues = [\"default\"]\ncount = 2");
+    let notify = NotifyListener::new();
+    let mut daemon = Daemon::start(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let (ready, _) = notify.until("READY", |m| m.contains("READY=1"));
+    assert!(ready.contains("STATUS=2 workers, 0 busy"), "{ready}");
+    notify.until("WATCHDOG", |m| m == "WATCHDOG=1\n");
+    notify.until("second WATCHDOG", |m| m == "WATCHDOG=1\n");
+
+    // STATUS follows the work.
+    let id = enqueue(&config, "default", "Record", "[]");
+    wait_for("job done", LIMIT, || {
+        done_ids(dir.path()).contains(&id).then_some(())
+    });
+    notify.until("STATUS with processed 1", |m| {
+        m.contains("STATUS=") && m.contains("processed 1")
+    });
+
+    // Reload: RELOADING and MONOTONIC_USEC in one datagram, then READY.
+    daemon.signal(Signal::SIGHUP);
+    let (reloading, _) = notify.until("RELOADING", |m| m.contains("RELOADING=1"));
+    let usec = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("MONOTONIC_USEC in the same datagram: {reloading:?}"));
+    assert!(usec.parse::<u64>().unwrap() > 0);
+    notify.until("READY after reload", |m| m.contains("READY=1"));
+
+    daemon.signal(Signal::SIGTERM);
+    notify.until("STOPPING", |m| m.contains("STOPPING=1"));
+    assert_eq!(daemon.wait_exit(LIMIT), Some(0));
+    // Worker records are gone after a clean stop.
+    let workers: Vec<String> = redis.conn().smembers("resque:workers").unwrap();
+    assert!(workers.is_empty(), "{workers:?}");
+}
+
+#[test]
+fn graceful_stop_lets_the_running_job_finish_and_records_it() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(
+        &redis,
+        dir.path(),
+        "queues = [\"default\"]\nshutdown_timeout = \"60s\"",
+    );
+    let mut daemon = Daemon::start(&config, &[]);
+    let id = enqueue(&config, "default", "Sleep", r#"{"sleep":2}"#);
+    wait_for("job running", LIMIT, || {
+        (status_of(&redis, &id) == Some(2)).then_some(())
+    });
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(LIMIT), Some(0), "{}", daemon.log_text());
+    assert_eq!(done_ids(dir.path()), vec![id.clone()], "the job completed");
+    assert_eq!(status_of(&redis, &id), Some(4));
+    let mut c = redis.conn();
+    let processed: i64 = c.get("resque:stat:processed").unwrap();
+    assert_eq!(processed, 1);
+    let keys: Vec<String> = c.keys("resque:worker*").unwrap();
+    assert!(keys.is_empty(), "worker records are gone: {keys:?}");
+    let inflight: Vec<String> = c.keys("resque:inflight*").unwrap();
+    assert!(inflight.is_empty(), "{inflight:?}");
+}
+
+#[test]
+fn a_job_still_running_at_shutdown_timeout_goes_back_to_its_queue() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(
+        &redis,
+        dir.path(),
+        "queues = [\"default\"]\nshutdown_timeout = \"1s\"",
+    );
+    let mut daemon = Daemon::start(&config, &[]);
+    let id = enqueue(&config, "default", "Sleep", r#"{"sleep":60}"#);
+    wait_for("job running", LIMIT, || {
+        (status_of(&redis, &id) == Some(2)).then_some(())
+    });
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(LIMIT), Some(0), "{}", daemon.log_text());
+    let mut c = redis.conn();
+    let queued: Vec<String> = c.lrange("resque:queue:default", 0, -1).unwrap();
+    assert_eq!(queued.len(), 1, "the job is back");
+    assert!(queued[0].contains(&id));
+    let failed: usize = c.llen("resque:failed").unwrap();
+    assert_eq!(failed, 0, "an interrupted job is not a failure");
+    let workers: Vec<String> = c.smembers("resque:workers").unwrap();
+    assert!(workers.is_empty());
+    assert!(done_ids(dir.path()).is_empty());
+    // And it runs when a daemon comes back.
+    let _daemon = Daemon::start(&config, &[]);
+    let _ = run(resque(&config).args(["enqueue", "default", "Record", "[]"]));
+    wait_for("requeued job starts", LIMIT, || {
+        (status_of(&redis, &id) == Some(2)).then_some(())
+    });
+}
+
+#[test]
+fn sigint_kills_running_jobs_and_requeues_them() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(
+        &redis,
+        dir.path(),
+        "queues = [\"default\"]\nshutdown_timeout = \"60s\"",
+    );
+    let mut daemon = Daemon::start(&config, &[]);
+    let id = enqueue(&config, "default", "Sleep", r#"{"sleep":60}"#);
+    wait_for("job running", LIMIT, || {
+        (status_of(&redis, &id) == Some(2)).then_some(())
+    });
+    daemon.signal(Signal::SIGINT);
+    assert_eq!(daemon.wait_exit(LIMIT), Some(0));
+    let queued: Vec<String> = redis.conn().lrange("resque:queue:default", 0, -1).unwrap();
+    assert_eq!(queued.len(), 1);
+}
+
+#[test]
+fn usr1_kills_the_running_job_as_failed_and_keeps_working() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(&redis, dir.path(), "queues = [\"default\"]");
+    let _daemon = Daemon::start(&config, &[]);
+    let slow = enqueue(&config, "default", "Sleep", r#"{"sleep":60}"#);
+    wait_for("job running", LIMIT, || {
+        (status_of(&redis, &slow) == Some(2)).then_some(())
+    });
+    _daemon.signal(Signal::SIGUSR1);
+    wait_for("job failed", LIMIT, || {
+        (status_of(&redis, &slow) == Some(3)).then_some(())
+    });
+    let failed: Vec<String> = redis.conn().lrange("resque:failed", 0, -1).unwrap();
+    assert!(failed[0].contains("SIGUSR1"), "{}", failed[0]);
+    let next = enqueue(&config, "default", "Record", "[]");
+    wait_for("next job", LIMIT, || {
+        (status_of(&redis, &next) == Some(4)).then_some(())
+    });
+}
+
+#[test]
+fn pause_and_resume() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(&redis, dir.path(), "queues = [\"default\"]");
+    let daemon = Daemon::start(&config, &[]);
+    wait_for("control socket", LIMIT, || {
+        daemon
+            .runtime
+            .path()
+            .join("control.sock")
+            .exists()
+            .then_some(())
+    });
+    let o = daemon.ctl(&["pause"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Wait until the pause has reached the workers (they re-read control before reserving).
+    std::thread::sleep(Duration::from_millis(300));
+    let id = enqueue(&config, "default", "Record", "[]");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status_of(&redis, &id), Some(1), "paused: nothing reserved");
+    let o = daemon.ctl(&["resume"]);
+    assert!(o.status.success());
+    wait_for("job after resume", LIMIT, || {
+        (status_of(&redis, &id) == Some(4)).then_some(())
+    });
+    // Ruby's pause-all-workers key pauses us too.
+    let _: () = redis
+        .conn()
+        .set("resque:pause-all-workers", "true")
+        .unwrap();
+    let id2 = enqueue(&config, "default", "Record", "[]");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status_of(&redis, &id2), Some(1));
+    let _: () = redis.conn().del("resque:pause-all-workers").unwrap();
+    wait_for("job after unpause", LIMIT, || {
+        (status_of(&redis, &id2) == Some(4)).then_some(())
+    });
+}
+
+#[test]
+fn reload_scales_and_changes_queues_under_load_without_losing_or_repeating_jobs() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(&redis, dir.path(), "queues = [\"a\"]\ncount = 2");
+    let daemon = Daemon::start(&config, &[]);
+    wait_for("control socket", LIMIT, || {
+        daemon
+            .runtime
+            .path()
+            .join("control.sock")
+            .exists()
+            .then_some(())
+    });
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        ids.push(enqueue(&config, "a", "Sleep", r#"{"sleep":0.01}"#));
+    }
+    let rewrite = |worker: &str| {
+        exec_config(&redis, dir.path(), worker);
+    };
+    let workers = |redis: &RedisServer| -> usize {
+        let w: Vec<String> = redis.conn().smembers("resque:workers").unwrap();
+        w.len()
+    };
+    rewrite("queues = [\"a\"]\ncount = 5");
+    let o = daemon.ctl(&["reload", "--wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for("5 workers", LIMIT, || (workers(&redis) == 5).then_some(()));
+    for _ in 0..100 {
+        ids.push(enqueue(&config, "a", "Sleep", r#"{"sleep":0.01}"#));
+    }
+    rewrite("queues = [\"a\"]\ncount = 1");
+    let o = daemon.ctl(&["reload", "--wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A queue change: jobs on b are picked up, and a's remaining jobs too.
+    rewrite("queues = [\"b\", \"a\"]\ncount = 3");
+    let o = daemon.ctl(&["reload", "--wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for _ in 0..50 {
+        ids.push(enqueue(&config, "b", "Sleep", r#"{"sleep":0.01}"#));
+    }
+    wait_for("every job done", Duration::from_secs(120), || {
+        (done_ids(dir.path()).len() >= ids.len()).then_some(())
+    });
+    // Give a stray duplicate the chance to show up before counting.
+    std::thread::sleep(Duration::from_millis(300));
+    let done = done_ids(dir.path());
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &done {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            counts.get(id.as_str()),
+            Some(&1),
+            "job {id} ran {:?} times",
+            counts.get(id.as_str())
+        );
+    }
+    assert_eq!(done.len(), ids.len());
+    wait_for("3 workers", LIMIT, || (workers(&redis) == 3).then_some(()));
+}
+
+#[test]
+fn an_invalid_config_on_reload_keeps_the_old_one() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(&redis, dir.path(), "queues = [\"default\"]\ncount = 2");
+    let daemon = Daemon::start(&config, &[]);
+    wait_for("control socket", LIMIT, || {
+        daemon
+            .runtime
+            .path()
+            .join("control.sock")
+            .exists()
+            .then_some(())
+    });
+    std::fs::write(&config, "[worker]\ncount = 0\n").unwrap();
+    let o = daemon.ctl(&["reload", "--wait"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("worker.count") && err.contains("at least 1"),
+        "{err}"
+    );
+    assert!(
+        daemon.log_text().contains("reload rejected"),
+        "{}",
+        daemon.log_text()
+    );
+    // Still running on the old configuration.
+    let id = enqueue(
+        &common::write_config(
+            tempfile::tempdir().unwrap().path(),
+            &format!("[redis]\nurl = \"{}\"\n", redis.url()),
+        ),
+        "default",
+        "Record",
+        "[]",
+    );
+    wait_for("job on old config", LIMIT, || {
+        (status_of(&redis, &id) == Some(4)).then_some(())
+    });
+    let workers: Vec<String> = redis.conn().smembers("resque:workers").unwrap();
+    assert_eq!(workers.len(), 2);
+}
+
+#[test]
+fn pid_file_is_locked_and_stop_wait_returns_when_gone() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(&redis, dir.path(), "queues = [\"default\"]");
+    let pid_file = dir.path().join("resque.pid");
+    let mut first = Daemon::start_args(&config, &[], &["--pid", pid_file.to_str().unwrap()]);
+    wait_for("pid file", LIMIT, || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|t| t.trim() == first.pid().to_string())
+    });
+    let mut second = Daemon::start_args(&config, &[], &["--pid", pid_file.to_str().unwrap()]);
+    assert_eq!(second.wait_exit(LIMIT), Some(1));
+    let log = second.log_text();
+    assert!(
+        log.contains(&format!("pid {}", first.pid())) && log.contains("already")
+            || log.contains("another resque daemon"),
+        "{log}"
+    );
+    // `stop --wait` through the PID file (no control socket in this runtime dir).
+    let o = run(resque(&config).args(["stop", "--wait", "--pid", pid_file.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(first.child.try_wait().unwrap().is_some() || first.wait_exit(LIMIT) == Some(0));
+    assert!(!pid_file.exists(), "PID file removed on exit");
+    // Nothing to stop now: a clear error.
+    let o = run(resque(&config).args(["stop", "--pid", pid_file.to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(69));
+    assert!(stderr(&o).contains("no running resque daemon"));
+}
+
+#[test]
+fn seed_command_line_works() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(&redis, dir.path(), "");
+    let pid_file = dir.path().join("resque.pid");
+    let bootstrap = dir.path().join("bootstrap.php");
+    std::fs::write(&bootstrap, "<?php\n").unwrap();
+    let mut daemon = Daemon::start_args(
+        &config,
+        &[],
+        &[
+            "--queue=default",
+            &format!("--pid={}", pid_file.display()),
+            "--debug=1",
+            "--interval=5",
+            "--count=2",
+            &format!("--app={}", bootstrap.display()),
+        ],
+    );
+    wait_for("2 workers on default", LIMIT, || {
+        let w: Vec<String> = redis.conn().smembers("resque:workers").unwrap();
+        (w.len() == 2 && w.iter().all(|id| id.ends_with(":default"))).then_some(())
+    });
+    let id = enqueue(&config, "default", "Record", "[]");
+    wait_for("job", LIMIT, || {
+        (status_of(&redis, &id) == Some(4)).then_some(())
+    });
+    assert!(
+        daemon.log_text().contains("DEBUG"),
+        "--debug=1 enables debug logging"
+    );
+    daemon.signal(Signal::SIGQUIT);
+    assert_eq!(daemon.wait_exit(LIMIT), Some(0));
+}
