@@ -47,7 +47,14 @@ pub fn stderr_is_journal() -> bool {
 /// Installs the global subscriber. Call once.
 pub fn init(level: LogLevel) -> LogControl {
     let (filter, handle) = reload::Layer::new(level_filter(level));
-    let journald = if stderr_is_journal() {
+    // RESQUE_LOG_TARGET=journald|stderr overrides the detection (tests, or a unit that
+    // redirects stderr elsewhere).
+    let want_journal = match std::env::var("RESQUE_LOG_TARGET").as_deref() {
+        Ok("journald") => true,
+        Ok("stderr") => false,
+        _ => stderr_is_journal(),
+    };
+    let journald = if want_journal {
         tracing_journald::layer().ok().map(|l| {
             l.with_field_prefix(None)
                 .with_syslog_identifier("resque".into())
