@@ -117,6 +117,9 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Measure throughput, pickup latency, Redis commands per job, idle cost and memory on a
+    /// scratch namespace of the configured Redis.
+    Bench(BenchArgs),
     /// Generate the man page or shell completions (used to build the package).
     #[command(hide = true, subcommand)]
     Generate(GenerateCommand),
@@ -203,4 +206,32 @@ pub enum GenerateCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Number of no-op jobs to drain.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Number of workers.
+    #[arg(long, default_value_t = 4)]
+    pub count: u32,
+    /// How the jobs run.
+    #[arg(long, value_enum, default_value = "in-process")]
+    pub handler: crate::bench::BenchHandler,
+    /// Queues the workers serve, in priority order; the jobs go to the last one.
+    #[arg(long, value_delimiter = ',', default_value = "bench")]
+    pub queues: Vec<String>,
+    /// Pickup-latency samples taken with idle workers after the drain (0: skip).
+    #[arg(long, default_value_t = 50)]
+    pub latency_samples: usize,
+    /// Seconds to measure idle Redis commands (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub idle_seconds: u64,
+    /// The exec handler's command.
+    #[arg(long, num_args = 1.., default_value = "/bin/true")]
+    pub command: Vec<String>,
+    /// The PHP runner (default: installed or in-tree php/runner.php).
+    #[arg(long, value_name = "FILE")]
+    pub php_runner: Option<PathBuf>,
 }

@@ -10,6 +10,7 @@
 //! - [`supervisor`]: keeps COUNT workers alive, applies reloads and drives shutdown;
 //!   [`systemd`], [`signals`], [`control`], [`pidfile`] and [`logging`] connect it to the OS.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -154,6 +154,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
             Ok(exit::OK)
         }
         Command::Generate(what) => generate(what),
+        Command::Bench(args) => bench(&global, &args).await,
         other => client_command(&global, other).await,
     }
 }
@@ -531,6 +532,51 @@ async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
         .run(rx)
         .await
         .map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))?;
+    Ok(exit::OK)
+}
+
+async fn bench(global: &GlobalArgs, args: &resque::cli::BenchArgs) -> Result<i32, Failure> {
+    let config = load_config(global, None)?;
+    let opts = resque::bench::BenchOptions {
+        jobs: args.jobs,
+        count: args.count,
+        handler: args.handler,
+        queues: args.queues.clone(),
+        latency_samples: args.latency_samples,
+        idle_seconds: args.idle_seconds,
+        command: args.command.clone(),
+        php_runner: args.php_runner.clone(),
+    };
+    let report = resque::bench::run(&config, &opts)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("bench: {e:#}")))?;
+    if global.json {
+        print_json(&report);
+    } else {
+        println!(
+            "{:?} handler, {} workers, queues {}: {} jobs in {:.2} s = {:.0} jobs/s, {:.1} Redis commands/job",
+            report.handler,
+            report.count,
+            report.queues.join(","),
+            report.jobs,
+            report.seconds,
+            report.jobs_per_second,
+            report.redis_commands_per_job
+        );
+        if let Some(p) = &report.pickup_latency {
+            println!(
+                "pickup latency (idle workers): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+            );
+        }
+        if let Some(idle) = report.idle_commands_per_second_per_worker {
+            println!("idle: {idle:.3} Redis commands/s per worker");
+        }
+        println!(
+            "RSS {:.1} MiB (peak {:.1} MiB)",
+            report.rss_mib, report.peak_rss_mib
+        );
+    }
     Ok(exit::OK)
 }
 

@@ -45,6 +45,9 @@ const RECOVERY: Duration = Duration::from_secs(60);
 /// A slot that has not ticked for this long is wedged: the watchdog stops being fed.
 const WEDGED_AFTER_SECS: u64 = 5;
 
+/// How many Redis connections the workers of a pool share.
+const WORKERS_PER_CONNECTION_GROUPS: usize = 1;
+
 static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
 
 pub struct Supervisor {
@@ -69,6 +72,9 @@ struct Slot {
 struct Pool {
     shared: Arc<Shared>,
     slots: Vec<Slot>,
+    /// Connections the workers share (round-robin). Workers never block in Redis, so sharing
+    /// lets concurrent workers' commands go out in one write and come back in one read.
+    conns: Vec<redis::aio::ConnectionManager>,
     wake_stop: Arc<Notify>,
     wake_task: JoinHandle<()>,
 }
@@ -154,13 +160,14 @@ impl Supervisor {
         Ok(map)
     }
 
-    async fn connect(
-        config: &Config,
-    ) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
+    async fn connect(config: &Config) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
         let client = config.redis.client()?;
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config.redis.async_config())
-            .await?;
+        let settings = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.redis.connect_timeout))
+            .set_response_timeout(Some(config.redis.command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = redis::aio::ConnectionManager::new_with_config(client, settings).await?;
         // Lua scripts are loaded here once, so the first job does not pay for it.
         for script in [
             &*scripts::RESERVE,
@@ -192,6 +199,7 @@ impl Supervisor {
         Pool {
             shared,
             slots: Vec::new(),
+            conns: Vec::new(),
             wake_stop,
             wake_task,
         }
@@ -210,10 +218,18 @@ impl Supervisor {
     async fn spawn_slot(
         &self,
         config: &Config,
-        pool: &Pool,
+        pool: &mut Pool,
         control: Control,
     ) -> Result<Slot, redis::RedisError> {
-        let conn = Self::connect(config).await?;
+        let index = pool.slots.len() % WORKERS_PER_CONNECTION_GROUPS;
+        let conn = match pool.conns.get(index) {
+            Some(conn) => conn.clone(),
+            None => {
+                let conn = Self::connect(config).await?;
+                pool.conns.push(conn.clone());
+                conn
+            }
+        };
         let id = self.new_worker_id(&pool.shared.queues);
         let id_text = id.to_string();
         let mut reg_conn = conn.clone();
@@ -431,7 +447,7 @@ impl Supervisor {
             }
         }
         while pool.slots.len() < want {
-            match self.spawn_slot(config, pool, control).await {
+            match self.spawn_slot(config, &mut *pool, control).await {
                 Ok(slot) => pool.slots.push(slot),
                 Err(e) => {
                     pool.shared
@@ -487,7 +503,7 @@ impl Supervisor {
 
     async fn recover(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut redis::aio::ConnectionManager,
         config: &Config,
         live: &HashSet<String>,
     ) {
@@ -514,12 +530,7 @@ impl Supervisor {
     }
 
     /// A worker task of ours ended: put its job back and remove its records.
-    async fn recover_own(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        pool: &Pool,
-        id: &str,
-    ) {
+    async fn recover_own(&self, conn: &mut redis::aio::ConnectionManager, pool: &Pool, id: &str) {
         let keys = &pool.shared.keys;
         let held: Result<Vec<String>, _> = redis::cmd("LRANGE")
             .arg(keys.inflight(id))
@@ -581,6 +592,13 @@ impl Supervisor {
         let _ = control;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut extend = tokio::time::interval(Duration::from_secs(5));
+        // The supervisor keeps feeding the watchdog while it drains: jobs finishing is progress.
+        let mut watchdog = tokio::time::interval(
+            self.notifier
+                .watchdog_timeout()
+                .map(|t| t / 2)
+                .unwrap_or(Duration::from_secs(3600)),
+        );
         let mut aborted = !graceful;
         loop {
             if slots.iter().all(|s| s.task.is_finished()) {
@@ -591,8 +609,8 @@ impl Supervisor {
                     // Tell systemd we are making progress; the jobs' own limit still applies.
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     self.notifier.extend_timeout(left + Duration::from_secs(15));
-                    if self.notifier.watchdog_timeout().is_some() { self.notifier.watchdog(); }
                 }
+                _ = watchdog.tick() => self.notifier.watchdog(),
                 _ = tokio::time::sleep_until(deadline), if !aborted => {
                     warn!("shutdown timeout reached: killing running jobs and putting them back in their queues");
                     for slot in &slots { slot.control.send_modify(|c| c.mode = Mode::Abort); }

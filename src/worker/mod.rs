@@ -80,7 +80,7 @@ pub fn monotonic_secs() -> u64 {
 pub struct Worker {
     id: WorkerId,
     id_text: String,
-    conn: redis::aio::MultiplexedConnection,
+    conn: redis::aio::ConnectionManager,
     shared: Arc<Shared>,
     /// Last time (monotonic seconds) this worker's loop was seen alive.
     tick: Arc<AtomicU64>,
@@ -103,7 +103,7 @@ const TICK: Duration = Duration::from_secs(1);
 impl Worker {
     pub fn new(
         id: WorkerId,
-        conn: redis::aio::MultiplexedConnection,
+        conn: redis::aio::ConnectionManager,
         shared: Arc<Shared>,
         tick: Arc<AtomicU64>,
     ) -> Worker {

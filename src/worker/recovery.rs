@@ -53,7 +53,7 @@ fn heartbeat_age(text: &str) -> Option<Duration> {
 
 /// One recovery pass. Returns what it did; takes the lock or does nothing.
 pub async fn recover(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut redis::aio::ConnectionManager,
     ctx: &RecoveryContext<'_>,
     lock_owner: &str,
 ) -> Result<RecoveryReport, redis::RedisError> {
@@ -66,7 +66,7 @@ pub async fn recover(
         .arg(60)
         .query_async(conn)
         .await?;
-    if locked.is_none() {
+    if locked.is_none() && !take_over_dead_lock(conn, ctx, lock_owner).await? {
         return Ok(RecoveryReport::default());
     }
     let result = recover_locked(conn, ctx).await;
@@ -74,8 +74,44 @@ pub async fn recover(
     result
 }
 
+/// A daemon killed during a pass leaves the lock for up to a minute, which would delay the
+/// start-up recovery of its successor (the jobs it held) until the periodic pass. The owner is
+/// `host:pid`: if it is a dead process of this host (or this very process), take the lock over.
+async fn take_over_dead_lock<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    ctx: &RecoveryContext<'_>,
+    lock_owner: &str,
+) -> Result<bool, redis::RedisError> {
+    let keys = ctx.keys;
+    let owner: Option<String> = conn.get(keys.recovery_lock()).await?;
+    let Some(owner) = owner else {
+        return Ok(false);
+    };
+    let dead = match owner.rsplit_once(':') {
+        Some((host, pid)) if host == ctx.host => match pid.parse::<u32>() {
+            Ok(pid) => pid == std::process::id() || !pid_alive(pid),
+            Err(_) => false,
+        },
+        _ => false,
+    };
+    if !dead {
+        return Ok(false);
+    }
+    let taken: i64 = scripts::TAKE_OVER_LOCK
+        .key(keys.recovery_lock())
+        .arg(&owner)
+        .arg(lock_owner)
+        .arg(60)
+        .invoke_async(conn)
+        .await?;
+    if taken == 1 {
+        info!(previous_owner = %owner, "took over the recovery lock of a dead process");
+    }
+    Ok(taken == 1)
+}
+
 async fn recover_locked(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut redis::aio::ConnectionManager,
     ctx: &RecoveryContext<'_>,
 ) -> Result<RecoveryReport, redis::RedisError> {
     let keys = ctx.keys;
@@ -123,7 +159,7 @@ async fn recover_locked(
 /// Puts one lost job back, or fails it (on_lost = "fail", or lost too often). Returns true if it
 /// went back to its queue.
 async fn settle_lost_job(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut redis::aio::ConnectionManager,
     ctx: &RecoveryContext<'_>,
     worker: &str,
     queue: &str,
