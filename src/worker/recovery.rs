@@ -77,8 +77,8 @@ pub async fn recover(
 /// A daemon killed during a pass leaves the lock for up to a minute, which would delay the
 /// start-up recovery of its successor (the jobs it held) until the periodic pass. The owner is
 /// `host:pid`: if it is a dead process of this host (or this very process), take the lock over.
-async fn take_over_dead_lock<C: redis::aio::ConnectionLike + Send>(
-    conn: &mut C,
+async fn take_over_dead_lock(
+    conn: &mut redis::aio::ConnectionManager,
     ctx: &RecoveryContext<'_>,
     lock_owner: &str,
 ) -> Result<bool, redis::RedisError> {
