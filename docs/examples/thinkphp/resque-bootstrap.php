@@ -1,0 +1,28 @@
+<?php
+/*
+ * Bootstrap file for resque's PHP workers, for jobs that do not need ThinkPHP
+ * itself (no C(), M(), D(), S(), no behaviours): what APP_INCLUDE / --app was.
+ *
+ *   /etc/resque.toml:  [[handler]] bootstrap = "/var/www/app/resque-bootstrap.php"
+ *   or:                resque start --app=/var/www/app/resque-bootstrap.php
+ *
+ * It is loaded once per PHP worker process, before its first job. Define here
+ * whatever the job classes use. See docs/thinkphp.md.
+ */
+
+// ThinkPHP sets the time zone from DEFAULT_TIMEZONE; plain PHP uses php.ini's.
+date_default_timezone_set('PRC');
+
+define('APP_PATH', __DIR__ . '/Application/');
+define('COMMON_PATH', APP_PATH . 'Common/');
+
+// php-resque, for jobs that enqueue further jobs or read a job's status: the
+// same library and the same backend call as the app_init behaviour of the seed.
+require_once __DIR__ . '/ThinkPHP/Library/Vendor/php-resque/autoload.php';
+\Resque::setBackend(array('redis' => array('host' => '127.0.0.1', 'port' => '6379')), 1);
+
+// The job classes, loaded as QueueController::start() loaded them: every .php
+// file in Application/Common/Job (XxxxJob.class.php, XxxxJob.php).
+foreach (glob(COMMON_PATH . 'Job/*.php') as $file) {
+    require_once $file;
+}
