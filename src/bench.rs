@@ -210,7 +210,11 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         notify: Notify::new(),
     });
     // The in-process probe wraps the configured handler: route every class through it.
-    let routed = ProbeRoute::new(probe.clone(), &config)?;
+    let routed = ProbeRoute::new(
+        probe.clone(),
+        &config,
+        opts.handler != BenchHandler::InProcess,
+    )?;
     let before = commands_processed(&mut conn).await?;
     let (tx, rx) = mpsc::channel(4);
     let supervisor = Supervisor::new(config.clone()).handle("*", Arc::new(routed));
@@ -324,9 +328,10 @@ struct ProbeRoute {
 }
 
 impl ProbeRoute {
-    fn new(probe: Arc<Probe>, config: &Config) -> anyhow::Result<ProbeRoute> {
+    /// `configured`: run the configuration's handlers; otherwise the in-process no-op.
+    fn new(probe: Arc<Probe>, config: &Config, configured: bool) -> anyhow::Result<ProbeRoute> {
         let mut handlers = crate::handler::HandlerMap::new();
-        for h in &config.handlers {
+        for h in config.handlers.iter().filter(|_| configured) {
             let handler: Arc<dyn Handler> = match &h.kind {
                 config::HandlerKind::Exec(s) => {
                     Arc::new(crate::handler::exec::ExecHandler::new(s.clone()))
@@ -361,10 +366,9 @@ impl Handler for ProbeRoute {
                 *f = Some(Instant::now());
             }
         }
-        // In-process: no configured handler matches? The in-process no-op runs.
         let result = match self.handlers.find(job.class()) {
-            Some(h) if !matches!(job.class(), "") => h.perform(job).await,
-            _ => Ok(()),
+            Some(h) => h.perform(job).await,
+            None => Ok(()),
         };
         probe.done.fetch_add(1, Ordering::Relaxed);
         probe.notify.notify_one();

@@ -27,9 +27,13 @@ pub fn enqueue(keys: &Keys, queue: &str, payload: &Payload, track: bool) -> redi
     pipe
 }
 
-/// Record a finished job in one MULTI: status (only where the key exists), stats (a failed job
-/// counts as processed too, as in php-resque and Ruby resque), the failure record, the worker
-/// record, and the removal from the in-flight list that makes the job done.
+/// Record a finished job, atomically (one Lua script): status (only where the key exists),
+/// stats (a failed job counts as processed too, as in php-resque and Ruby resque), the failure
+/// record, the worker record, and the removal from the in-flight list that makes the job done.
+///
+/// Written once only: the script does nothing if the job is no longer in the in-flight list. A
+/// retry after an attempt that timed out but that Redis ran after all (a failover's CLIENT
+/// PAUSE, a stalled server) would otherwise write the failure record and the stats again.
 pub fn finish(
     keys: &Keys,
     worker_id: &str,
@@ -38,34 +42,58 @@ pub fn finish(
     outcome: &Outcome,
 ) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    pipe.atomic();
-    if let Some(id) = payload.and_then(Payload::id) {
-        let status = match outcome {
-            Outcome::Complete => JobStatus::Complete,
-            Outcome::Failed(_) => JobStatus::Failed,
-        };
-        let key = keys.job_status(id, payload.and_then(Payload::status_prefix));
-        pipe.cmd("SET")
-            .arg(&key)
-            .arg(StatusRecord::update_json(status, super::now_unix()))
-            .arg("XX")
-            .ignore();
-        pipe.expire(&key, STATUS_TTL_SECS).ignore();
-    }
-    if let Outcome::Failed(record) = outcome {
-        pipe.rpush(keys.failed(), record.to_json()).ignore();
-        pipe.incr(keys.stat_failed(), 1).ignore();
-        pipe.incr(keys.stat_failed_by(worker_id), 1).ignore();
-    }
-    pipe.incr(keys.stat_processed(), 1).ignore();
-    pipe.incr(keys.stat_processed_by(worker_id), 1).ignore();
-    pipe.del(keys.worker(worker_id)).ignore();
-    pipe.lrem(keys.inflight(worker_id), 1, payload_raw).ignore();
+    add_finish(&mut pipe, keys, worker_id, payload_raw, payload, outcome);
     pipe
+}
+
+/// The command of [`finish`], for a caller that wraps it in its own MULTI/EXEC (to send the
+/// next reservation in the same round trip).
+pub fn add_finish(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    worker_id: &str,
+    payload_raw: &str,
+    payload: Option<&Payload>,
+    outcome: &Outcome,
+) {
+    let status_key = payload
+        .and_then(Payload::id)
+        .map(|id| keys.job_status(id, payload.and_then(Payload::status_prefix)));
+    let status = match outcome {
+        Outcome::Complete => JobStatus::Complete,
+        Outcome::Failed(_) => JobStatus::Failed,
+    };
+    let failure = match outcome {
+        Outcome::Complete => String::new(),
+        Outcome::Failed(record) => record.to_json(),
+    };
+    let cmd = pipe.cmd("EVAL");
+    cmd.arg(super::scripts::FINISH_LUA)
+        .arg(if status_key.is_some() { 8 } else { 7 })
+        .arg(keys.inflight(worker_id))
+        .arg(keys.worker(worker_id))
+        .arg(keys.stat_processed())
+        .arg(keys.stat_processed_by(worker_id))
+        .arg(keys.failed())
+        .arg(keys.stat_failed())
+        .arg(keys.stat_failed_by(worker_id));
+    if let Some(key) = &status_key {
+        cmd.arg(key);
+    }
+    cmd.arg(payload_raw)
+        .arg(failure)
+        .arg(StatusRecord::update_json(status, super::now_unix()))
+        .arg(STATUS_TTL_SECS)
+        .ignore();
 }
 
 /// Register workers (`SADD workers`, `:started`) and beat Ruby's heartbeat. Run again at every
 /// heartbeat, so a record another implementation pruned comes back; `:started` keeps its value.
+///
+/// Each worker also gets an entry in the in-flight index (recovery walks the index, so a worker
+/// killed before it reserved anything is found and its records removed too). The value is the
+/// queue recovery puts held jobs back into; reserving overwrites it with the job's queue before
+/// anything is held, so an existing entry is left alone.
 pub fn register(keys: &Keys, worker_ids: &[String], now_text: &str) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.atomic();
@@ -84,6 +112,12 @@ pub fn register(keys: &Keys, worker_ids: &[String], now_text: &str) -> redis::Pi
             .arg(keys.worker_started(id))
             .arg(now_text)
             .arg("NX")
+            .ignore();
+        let first_queue = super::WorkerId::parse(id)
+            .ok()
+            .and_then(|w| w.queues.into_iter().next())
+            .unwrap_or_default();
+        pipe.hset_nx(keys.inflight_index(), id, first_queue)
             .ignore();
     }
     pipe

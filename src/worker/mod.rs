@@ -129,9 +129,17 @@ impl Worker {
     pub async fn run(mut self, mut control: watch::Receiver<Control>) {
         info!(worker = %self.id_text, queues = %self.shared.queues.join(","), "worker started");
         let mut backoff = Duration::from_millis(100);
+        // A reservation made together with the previous job's outcome.
+        let mut next: Option<Reservation> = None;
         loop {
             self.beat();
             let now = *control.borrow_and_update();
+            if now.mode != Mode::Run || now.paused {
+                // A job reserved together with the last outcome is not started: give it back.
+                if let Some(Reservation::Job(job)) = next.take() {
+                    self.give_back(&job).await;
+                }
+            }
             if now.mode != Mode::Run {
                 break;
             }
@@ -139,11 +147,15 @@ impl Worker {
                 self.idle(&mut control, self.shared.interval, false).await;
                 continue;
             }
-            match self.reserve().await {
+            let reservation = match next.take() {
+                Some(r) => Ok(r),
+                None => self.reserve().await,
+            };
+            match reservation {
                 Ok(Reservation::Job(job)) => {
                     backoff = Duration::from_millis(100);
                     self.shared.stats.redis_errors.store(0, Ordering::Relaxed);
-                    self.work(job, &mut control).await;
+                    next = self.work(job, &mut control).await;
                 }
                 Ok(Reservation::Empty) => {
                     self.shared.stats.redis_errors.store(0, Ordering::Relaxed);
@@ -186,39 +198,46 @@ impl Worker {
         }
     }
 
-    async fn reserve(&mut self) -> Result<Reservation, redis::RedisError> {
+    /// The RESERVE script's keys and arguments.
+    fn reserve_args(&self) -> (Vec<String>, Vec<String>) {
         let keys = &self.shared.keys;
-        let mut invocation = scripts::RESERVE.prepare_invoke();
-        invocation
-            .key(keys.inflight(&self.id_text))
-            .key(keys.inflight_index())
-            .key(keys.worker(&self.id_text))
-            .key(keys.pause_all_workers())
-            .key(keys.queues())
-            .arg(&self.id_text)
-            .arg(resque_time())
-            .arg(crate::protocol::now_unix())
-            .arg(keys.prefix());
-        for q in &self.shared.queues {
-            invocation.arg(q);
-        }
-        let reply: redis::Value = invocation.invoke_async(&mut self.conn).await?;
-        Ok(match reply {
-            redis::Value::Nil => Reservation::Empty,
-            redis::Value::Array(items) if items.len() == 2 => {
-                let queue: String = redis::from_redis_value(items[0].clone())?;
-                let raw: String = redis::from_redis_value(items[1].clone())?;
-                Reservation::Job(Reserved { queue, raw })
-            }
-            redis::Value::SimpleString(s) if s == "paused" => Reservation::Paused,
-            redis::Value::BulkString(b) if b == b"paused" => Reservation::Paused,
-            // Lua `false` arrives as nil; anything else is not ours to interpret.
-            _ => Reservation::Empty,
-        })
+        let script_keys = vec![
+            keys.inflight(&self.id_text),
+            keys.inflight_index(),
+            keys.worker(&self.id_text),
+            keys.pause_all_workers(),
+            keys.queues(),
+        ];
+        let mut args = vec![
+            self.id_text.clone(),
+            resque_time(),
+            crate::protocol::now_unix().to_string(),
+            keys.prefix().to_string(),
+        ];
+        args.extend(self.shared.queues.iter().cloned());
+        (script_keys, args)
     }
 
-    /// Runs one reserved job and records its outcome.
-    async fn work(&mut self, job: Reserved, control: &mut watch::Receiver<Control>) {
+    async fn reserve(&mut self) -> Result<Reservation, redis::RedisError> {
+        let (script_keys, args) = self.reserve_args();
+        let mut invocation = scripts::RESERVE.prepare_invoke();
+        for k in &script_keys {
+            invocation.key(k);
+        }
+        for a in &args {
+            invocation.arg(a);
+        }
+        let reply: redis::Value = invocation.invoke_async(&mut self.conn).await?;
+        parse_reservation(reply)
+    }
+
+    /// Runs one reserved job and records its outcome. When the worker goes on working, the
+    /// outcome and the next reservation travel in one round trip; that reservation is returned.
+    async fn work(
+        &mut self,
+        job: Reserved,
+        control: &mut watch::Receiver<Control>,
+    ) -> Option<Reservation> {
         let stats = self.shared.stats.clone();
         stats.busy.fetch_add(1, Ordering::Relaxed);
         let parsed = Payload::parse(&job.raw);
@@ -254,7 +273,7 @@ impl Worker {
             JobResult::Aborted => {
                 self.give_back(&job).instrument(span).await;
                 stats.busy.fetch_sub(1, Ordering::Relaxed);
-                return;
+                return None;
             }
             JobResult::Done(Ok(())) => Outcome::Complete,
             JobResult::Done(Err(failure)) => {
@@ -277,14 +296,74 @@ impl Worker {
             }
         };
         let failed = matches!(outcome, Outcome::Failed(_));
-        self.record(&job, parsed.as_ref().ok(), &outcome, control)
-            .instrument(span)
-            .await;
+        let go_on = {
+            let now = *control.borrow();
+            now.mode == Mode::Run && !now.paused
+        };
+        let next = if go_on {
+            self.record_and_reserve(&job, parsed.as_ref().ok(), &outcome)
+                .instrument(span.clone())
+                .await
+        } else {
+            None
+        };
+        if next.is_none() {
+            self.record(&job, parsed.as_ref().ok(), &outcome, control)
+                .instrument(span)
+                .await;
+        }
         stats.processed.fetch_add(1, Ordering::Relaxed);
         if failed {
             stats.failed.fetch_add(1, Ordering::Relaxed);
         }
         stats.busy.fetch_sub(1, Ordering::Relaxed);
+        next.flatten()
+    }
+
+    /// The outcome (its own MULTI/EXEC) and the next RESERVE in one round trip. Returns
+    /// `Some(next)` once the outcome is known to be written — `Some(None)` if only the
+    /// reservation failed — and `None` if the outcome may not be written (the caller then
+    /// writes it with retries).
+    async fn record_and_reserve(
+        &mut self,
+        job: &Reserved,
+        payload: Option<&Payload>,
+        outcome: &Outcome,
+    ) -> Option<Option<Reservation>> {
+        let (script_keys, args) = self.reserve_args();
+        let mut pipe = redis::pipe();
+        pipe.cmd("MULTI").ignore();
+        commands::add_finish(
+            &mut pipe,
+            &self.shared.keys,
+            &self.id_text,
+            &job.raw,
+            payload,
+            outcome,
+        );
+        pipe.cmd("EXEC").ignore();
+        pipe.cmd("EVALSHA")
+            .arg(scripts::RESERVE.get_hash())
+            .arg(script_keys.len())
+            .arg(&script_keys)
+            .arg(&args);
+        match pipe.query_async::<(redis::Value,)>(&mut self.conn).await {
+            Ok((reply,)) => Some(parse_reservation(reply).ok()),
+            Err(e) => {
+                // The in-flight entry is removed by the outcome's EXEC: if it is gone, the
+                // outcome is written and only the reservation failed (e.g. NOSCRIPT).
+                let still: Result<Option<i64>, _> = redis::cmd("LPOS")
+                    .arg(self.shared.keys.inflight(&self.id_text))
+                    .arg(&job.raw)
+                    .query_async(&mut self.conn)
+                    .await;
+                debug!(error = %e, "combined outcome and reservation failed");
+                match still {
+                    Ok(None) => Some(None),
+                    _ => None,
+                }
+            }
+        }
     }
 
     /// Runs the handler, watching for kill (USR1), abort (forced shutdown) and panics.
@@ -398,6 +477,21 @@ impl Worker {
             }
         }
     }
+}
+
+fn parse_reservation(reply: redis::Value) -> Result<Reservation, redis::RedisError> {
+    Ok(match reply {
+        redis::Value::Nil => Reservation::Empty,
+        redis::Value::Array(items) if items.len() == 2 => {
+            let queue: String = redis::from_redis_value(items[0].clone())?;
+            let raw: String = redis::from_redis_value(items[1].clone())?;
+            Reservation::Job(Reserved { queue, raw })
+        }
+        redis::Value::SimpleString(s) if s == "paused" => Reservation::Paused,
+        redis::Value::BulkString(b) if b == b"paused" => Reservation::Paused,
+        // Lua `false` arrives as nil; anything else is not ours to interpret.
+        _ => Reservation::Empty,
+    })
 }
 
 enum JobResult {
