@@ -205,6 +205,9 @@ impl Client {
             .await
             .map_err(self.redis_err())?;
         names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for name in &names {
             pipe.llen(self.keys.queue(name));
@@ -236,6 +239,9 @@ impl Client {
             .await
             .map_err(self.redis_err())?;
         ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let beats: std::collections::HashMap<String, String> = self
             .conn
             .hgetall(self.keys.workers_heartbeat())

@@ -46,7 +46,7 @@ const RECOVERY: Duration = Duration::from_secs(60);
 const WEDGED_AFTER_SECS: u64 = 5;
 
 /// How many Redis connections the workers of a pool share.
-const WORKERS_PER_CONNECTION_GROUPS: usize = 1;
+const SHARED_CONNECTIONS: usize = 2;
 
 static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
 
@@ -221,7 +221,7 @@ impl Supervisor {
         pool: &mut Pool,
         control: Control,
     ) -> Result<Slot, redis::RedisError> {
-        let index = pool.slots.len() % WORKERS_PER_CONNECTION_GROUPS;
+        let index = pool.slots.len() % SHARED_CONNECTIONS;
         let conn = match pool.conns.get(index) {
             Some(conn) => conn.clone(),
             None => {

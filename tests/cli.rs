@@ -239,6 +239,20 @@ fn bad_queue_entries_and_status_garbage_are_reported_not_fatal() {
 }
 
 #[test]
+fn an_empty_redis_lists_nothing() {
+    let (_redis, _dir, config) = setup();
+    for (cmd, expected) in [("queues", "no queues"), ("workers", "no workers")] {
+        let o = run(resque(&config).arg(cmd));
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), expected);
+    }
+    let o = run(resque(&config).args(["--json", "stats"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pending"], 0);
+}
+
+#[test]
 fn bad_enqueue_input_is_refused() {
     let (redis, _dir, config) = setup();
     for (args, needle) in [

@@ -84,3 +84,44 @@ return n
 "#,
     )
 });
+
+/// Take over a lock whose owner is known to be dead: replace the owner only if it is still the
+/// one we found (so two daemons starting together cannot both take it).
+///
+/// KEYS: lock key. ARGV: owner found, new owner, seconds to live. Returns 1 if taken, else 0.
+pub static TAKE_OVER_LOCK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Record a finished job, once: nothing happens unless the job is still in the worker's
+/// in-flight list, so a retried outcome (the first attempt timed out but ran) or a job that
+/// recovery already took is not counted twice. Sent with EVAL (see `commands::finish`), so it
+/// also works inside a MULTI.
+///
+/// KEYS: inflight list, worker key, stat:processed, stat:processed:<id>, failed list,
+/// stat:failed, stat:failed:<id>, and the status key when the job has an id.
+/// ARGV: payload, failure record JSON (empty when complete), status JSON, status TTL.
+/// Returns 1 if the outcome was written, 0 if the job was no longer in flight.
+pub const FINISH_LUA: &str = r#"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if KEYS[8] and redis.call('SET', KEYS[8], ARGV[3], 'XX') then
+  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[4]))
+end
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[5], ARGV[2])
+  redis.call('INCRBY', KEYS[6], 1)
+  redis.call('INCRBY', KEYS[7], 1)
+end
+redis.call('INCRBY', KEYS[3], 1)
+redis.call('INCRBY', KEYS[4], 1)
+redis.call('DEL', KEYS[2])
+return 1
+"#;
