@@ -479,3 +479,61 @@ fn seed_command_line_works() {
     daemon.signal(Signal::SIGQUIT);
     assert_eq!(daemon.wait_exit(LIMIT), Some(0));
 }
+
+#[test]
+fn waits_for_redis_saying_so_then_becomes_ready() {
+    let port = RedisServer::unused_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[redis]\nurl = \"redis://127.0.0.1:{port}/0\"\n[worker]\nqueues = [\"default\"]\n"
+        ),
+    );
+    let notify = NotifyListener::new();
+    let mut daemon = Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+    let (waiting, _) = notify.until("STATUS waiting for Redis", |m| {
+        m.contains("STATUS=Waiting for Redis")
+    });
+    assert!(waiting.contains(&port.to_string()), "{waiting}");
+    assert!(!waiting.contains("READY=1"));
+    let redis = RedisServer::start_on(port);
+    let (ready, _) = notify.until("READY once Redis answers", |m| m.contains("READY=1"));
+    assert!(ready.contains("Redis ok"), "{ready}");
+    let workers: Vec<String> = redis.conn().smembers("resque:workers").unwrap();
+    assert_eq!(workers.len(), 1);
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(LIMIT), Some(0));
+}
+
+#[test]
+fn survives_a_redis_restart_and_reconnects() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let dir = tempfile::tempdir().unwrap();
+    let config = exec_config(
+        &redis,
+        dir.path(),
+        "queues = [\"default\"]\ncount = 2\ninterval = \"1s\"",
+    );
+    let notify = NotifyListener::new();
+    let mut daemon = Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+    notify.until("READY", |m| m.contains("READY=1"));
+    drop(redis);
+    notify.until("STATUS Redis unreachable", |m| {
+        m.contains("Redis unreachable")
+    });
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon stays up"
+    );
+    let redis = RedisServer::start_on(port);
+    let id = enqueue(&config, "default", "Record", "[]");
+    wait_for("job after Redis came back", LIMIT, || {
+        (status_of(&redis, &id) == Some(4)).then_some(())
+    });
+    assert_eq!(done_ids(dir.path()), vec![id]);
+    notify.until("STATUS Redis ok", |m| m.contains("Redis ok"));
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(daemon.wait_exit(LIMIT), Some(0));
+}

@@ -27,8 +27,26 @@ impl RedisServer {
 
     pub fn start_with(extra: &[&str]) -> RedisServer {
         for _ in 0..5 {
+            if let Some(server) = Self::try_start(free_port(), extra) {
+                return server;
+            }
+        }
+        panic!("could not start redis-server");
+    }
+
+    /// Starts redis-server on a given port (e.g. one a daemon is already trying to reach).
+    pub fn start_on(port: u16) -> RedisServer {
+        Self::try_start(port, &[]).expect("redis-server on the given port")
+    }
+
+    /// A loopback port nobody listens on right now.
+    pub fn unused_port() -> u16 {
+        free_port()
+    }
+
+    fn try_start(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        {
             let dir = tempfile::tempdir().expect("temp dir");
-            let port = free_port();
             let mut cmd = Command::new("redis-server");
             cmd.args([
                 "--port",
@@ -50,11 +68,12 @@ impl RedisServer {
                 .expect("redis-server must be installed (apt-get install redis-server)");
             let mut server = RedisServer { child, port, dir };
             if server.wait_ready() {
-                return server;
+                return Some(server);
             }
             let _ = server.child.kill();
+            let _ = server.child.wait();
         }
-        panic!("could not start redis-server");
+        None
     }
 
     fn wait_ready(&mut self) -> bool {
