@@ -1,0 +1,91 @@
+<?php
+/*
+ * Enqueues a job exactly as php-resque (TP3 Resque::enqueue with $trackStatus = true) writes it,
+ * talking RESP to Redis over a plain socket, so no extension is needed:
+ *   SADD resque:queues Q; RPUSH resque:queue:Q <json_encode(payload)>; SET resque:job:<id>:status.
+ *
+ * Usage: php enqueue.php HOST PORT QUEUE ARGS_JSON   (prints the job id)
+ */
+
+function resp_reply($fp)
+{
+    $line = fgets($fp);
+    if ($line === false) {
+        throw new RuntimeException('Redis closed the connection');
+    }
+    $type = $line[0];
+    $rest = substr($line, 1, -2);
+    switch ($type) {
+        case '+':
+            return $rest;
+        case '-':
+            throw new RuntimeException('Redis error: ' . $rest);
+        case ':':
+            return (int)$rest;
+        case '$':
+            $len = (int)$rest;
+            if ($len < 0) {
+                return null;
+            }
+            $data = '';
+            while (strlen($data) < $len + 2) {
+                $chunk = fread($fp, $len + 2 - strlen($data));
+                if ($chunk === false || $chunk === '') {
+                    throw new RuntimeException('short read from Redis');
+                }
+                $data .= $chunk;
+            }
+            return substr($data, 0, $len);
+        case '*':
+            $n = (int)$rest;
+            if ($n < 0) {
+                return null;
+            }
+            $items = array();
+            for ($i = 0; $i < $n; $i++) {
+                $items[] = resp_reply($fp);
+            }
+            return $items;
+    }
+    throw new RuntimeException('unexpected reply from Redis: ' . $line);
+}
+
+function resp_call($fp, array $args)
+{
+    $out = '*' . count($args) . "\r\n";
+    foreach ($args as $arg) {
+        $arg = (string)$arg;
+        $out .= '$' . strlen($arg) . "\r\n" . $arg . "\r\n";
+    }
+    fwrite($fp, $out);
+    return resp_reply($fp);
+}
+
+if ($argc !== 5) {
+    fwrite(STDERR, "usage: php enqueue.php HOST PORT QUEUE ARGS_JSON\n");
+    exit(64);
+}
+list(, $host, $port, $queue, $argsJson) = $argv;
+$args = json_decode($argsJson, true);
+
+$fp = fsockopen($host, (int)$port, $errno, $errstr, 5);
+if (!$fp) {
+    fwrite(STDERR, "cannot connect to Redis: $errstr\n");
+    exit(69);
+}
+
+// Resque::enqueue → Resque::push → Job\Status::create, in TP3's order.
+$id = md5(uniqid('', true));
+resp_call($fp, array('SADD', 'resque:queues', $queue));
+resp_call($fp, array('RPUSH', 'resque:queue:' . $queue, json_encode(array(
+    'class' => '\\Common\\Job\\OkJob',
+    'args' => array($args),
+    'id' => $id,
+))));
+resp_call($fp, array('SET', 'resque:job:' . $id . ':status', json_encode(array(
+    'status' => 1,
+    'updated' => time(),
+    'started' => time(),
+))));
+fclose($fp);
+echo $id, "\n";
