@@ -8,7 +8,7 @@ use crate::handler::{Handler, Job, JobFailure};
 use crate::supervisor::{Command, Supervisor};
 use serde::Serialize;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -66,11 +66,18 @@ pub struct BenchReport {
 }
 
 /// Records when each job started, relative to its `queue_time`.
+///
+/// The probe runs inside every job, so it must cost next to nothing: it wakes the waiting
+/// benchmark task only when `done` reaches `target` (not once per job: a cross-thread wake-up
+/// per job was a measurable share of a no-op job), and it records latencies only while
+/// `sampling` (not for the whole drain).
 struct Probe {
     started: AtomicUsize,
     latencies: Mutex<Vec<f64>>,
+    sampling: AtomicBool,
     first_start: Mutex<Option<Instant>>,
     done: AtomicUsize,
+    target: AtomicUsize,
     notify: Notify,
 }
 
@@ -205,8 +212,10 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let probe = Arc::new(Probe {
         started: AtomicUsize::new(0),
         latencies: Mutex::new(Vec::new()),
+        sampling: AtomicBool::new(false),
         first_start: Mutex::new(None),
         done: AtomicUsize::new(0),
+        target: AtomicUsize::new(opts.jobs.max(1)),
         notify: Notify::new(),
     });
     // The in-process probe wraps the configured handler: route every class through it.
@@ -243,8 +252,10 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         if let Ok(mut l) = probe.latencies.lock() {
             l.clear();
         }
+        probe.sampling.store(true, Ordering::Relaxed);
         for i in 0..opts.latency_samples {
             let target = probe.done.load(Ordering::Relaxed) + 1;
+            probe.target.store(target, Ordering::Relaxed);
             let payload = crate::protocol::Payload::new_php(
                 class,
                 serde_json::json!({ "sample": i }),
@@ -350,15 +361,17 @@ impl ProbeRoute {
 impl Handler for ProbeRoute {
     async fn perform(&self, job: &Job) -> Result<(), JobFailure> {
         let probe = &self.probe;
-        let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-        if let Some(t) = job
-            .payload
-            .fields()
-            .get("queue_time")
-            .and_then(|v| v.as_f64())
-        {
-            if let Ok(mut l) = probe.latencies.lock() {
-                l.push((now - t) * 1000.0);
+        if probe.sampling.load(Ordering::Relaxed) {
+            let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+            if let Some(t) = job
+                .payload
+                .fields()
+                .get("queue_time")
+                .and_then(|v| v.as_f64())
+            {
+                if let Ok(mut l) = probe.latencies.lock() {
+                    l.push((now - t) * 1000.0);
+                }
             }
         }
         if probe.started.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -370,8 +383,10 @@ impl Handler for ProbeRoute {
             Some(h) => h.perform(job).await,
             None => Ok(()),
         };
-        probe.done.fetch_add(1, Ordering::Relaxed);
-        probe.notify.notify_one();
+        let done = probe.done.fetch_add(1, Ordering::AcqRel) + 1;
+        if done >= probe.target.load(Ordering::Acquire) {
+            probe.notify.notify_one();
+        }
         result
     }
 }

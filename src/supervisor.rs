@@ -173,6 +173,7 @@ impl Supervisor {
             &*scripts::RESERVE,
             &*scripts::REQUEUE,
             &*scripts::COUNT_LOSS,
+            &*scripts::FINISH,
         ] {
             script.load_async(&mut conn).await?;
         }
@@ -185,7 +186,7 @@ impl Supervisor {
             queues: config.worker.queues.clone(),
             handlers,
             interval: config.worker.interval,
-            wake: Arc::new(Notify::new()),
+            wake: Arc::new(wakeup::Wakeup::new(config.worker.count as usize)),
             stats,
         });
         let wake_stop = Arc::new(Notify::new());
@@ -195,6 +196,7 @@ impl Supervisor {
             prefixes,
             shared.wake.clone(),
             wake_stop.clone(),
+            config.worker.interval,
         ));
         Pool {
             shared,

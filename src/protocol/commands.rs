@@ -40,14 +40,21 @@ pub fn finish(
     payload_raw: &str,
     payload: Option<&Payload>,
     outcome: &Outcome,
-) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    add_finish(&mut pipe, keys, worker_id, payload_raw, payload, outcome);
-    pipe
+) -> redis::ScriptInvocation<'static> {
+    let (script_keys, args) = finish_keys_args(keys, worker_id, payload_raw, payload, outcome);
+    let mut invocation = super::scripts::FINISH.prepare_invoke();
+    for k in &script_keys {
+        invocation.key(k);
+    }
+    for a in &args {
+        invocation.arg(a);
+    }
+    invocation
 }
 
-/// The command of [`finish`], for a caller that wraps it in its own MULTI/EXEC (to send the
-/// next reservation in the same round trip).
+/// [`finish`] as an EVALSHA in a caller's pipeline (to send the next reservation in the same
+/// round trip). The script must be loaded (the worker's connection loads it); on NOSCRIPT the
+/// caller falls back to [`finish`], which loads it.
 pub fn add_finish(
     pipe: &mut redis::Pipeline,
     keys: &Keys,
@@ -56,6 +63,21 @@ pub fn add_finish(
     payload: Option<&Payload>,
     outcome: &Outcome,
 ) {
+    let (script_keys, args) = finish_keys_args(keys, worker_id, payload_raw, payload, outcome);
+    pipe.cmd("EVALSHA")
+        .arg(super::scripts::FINISH.get_hash())
+        .arg(script_keys.len())
+        .arg(&script_keys)
+        .arg(&args);
+}
+
+fn finish_keys_args(
+    keys: &Keys,
+    worker_id: &str,
+    payload_raw: &str,
+    payload: Option<&Payload>,
+    outcome: &Outcome,
+) -> (Vec<String>, Vec<String>) {
     let status_key = payload
         .and_then(Payload::id)
         .map(|id| keys.job_status(id, payload.and_then(Payload::status_prefix)));
@@ -67,24 +89,23 @@ pub fn add_finish(
         Outcome::Complete => String::new(),
         Outcome::Failed(record) => record.to_json(),
     };
-    let cmd = pipe.cmd("EVAL");
-    cmd.arg(super::scripts::FINISH_LUA)
-        .arg(if status_key.is_some() { 8 } else { 7 })
-        .arg(keys.inflight(worker_id))
-        .arg(keys.worker(worker_id))
-        .arg(keys.stat_processed())
-        .arg(keys.stat_processed_by(worker_id))
-        .arg(keys.failed())
-        .arg(keys.stat_failed())
-        .arg(keys.stat_failed_by(worker_id));
-    if let Some(key) = &status_key {
-        cmd.arg(key);
-    }
-    cmd.arg(payload_raw)
-        .arg(failure)
-        .arg(StatusRecord::update_json(status, super::now_unix()))
-        .arg(STATUS_TTL_SECS)
-        .ignore();
+    let mut script_keys = vec![
+        keys.inflight(worker_id),
+        keys.worker(worker_id),
+        keys.stat_processed(),
+        keys.stat_processed_by(worker_id),
+        keys.failed(),
+        keys.stat_failed(),
+        keys.stat_failed_by(worker_id),
+    ];
+    script_keys.extend(status_key);
+    let args = vec![
+        payload_raw.to_string(),
+        failure,
+        StatusRecord::update_json(status, super::now_unix()),
+        STATUS_TTL_SECS.to_string(),
+    ];
+    (script_keys, args)
 }
 
 /// Register workers (`SADD workers`, `:started`) and beat Ruby's heartbeat. Run again at every

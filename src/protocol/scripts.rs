@@ -103,14 +103,15 @@ return 0
 
 /// Record a finished job, once: nothing happens unless the job is still in the worker's
 /// in-flight list, so a retried outcome (the first attempt timed out but ran) or a job that
-/// recovery already took is not counted twice. Sent with EVAL (see `commands::finish`), so it
-/// also works inside a MULTI.
+/// recovery already took is not counted twice.
 ///
 /// KEYS: inflight list, worker key, stat:processed, stat:processed:<id>, failed list,
 /// stat:failed, stat:failed:<id>, and the status key when the job has an id.
 /// ARGV: payload, failure record JSON (empty when complete), status JSON, status TTL.
 /// Returns 1 if the outcome was written, 0 if the job was no longer in flight.
-pub const FINISH_LUA: &str = r#"
+pub static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_LUA));
+
+const FINISH_LUA: &str = r#"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 if KEYS[8] and redis.call('SET', KEYS[8], ARGV[3], 'XX') then
   redis.call('EXPIRE', KEYS[8], tonumber(ARGV[4]))

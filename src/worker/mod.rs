@@ -18,7 +18,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 /// What the supervisor wants from a worker; sent through a `watch` channel.
@@ -66,7 +66,7 @@ pub struct Shared {
     pub queues: Vec<String>,
     pub handlers: HandlerMap,
     pub interval: Duration,
-    pub wake: Arc<Notify>,
+    pub wake: Arc<wakeup::Wakeup>,
     pub stats: Arc<PoolStats>,
 }
 
@@ -180,13 +180,22 @@ impl Worker {
     }
 
     /// Waits up to `limit` for a wake-up (if `wakeable`) or a control change, ticking.
+    ///
+    /// Waiting for work (`wakeable`) has no deadline: the pool's wake-up task wakes one idle
+    /// worker per pushed job (and, while Redis cannot push, one every `interval`), so idle
+    /// workers cost Redis nothing.
     async fn idle(&self, control: &mut watch::Receiver<Control>, limit: Duration, wakeable: bool) {
+        let limit = if wakeable {
+            Duration::from_secs(86_400 * 365)
+        } else {
+            limit
+        };
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             self.beat();
             let step = deadline.min(tokio::time::Instant::now() + TICK);
             tokio::select! {
-                _ = self.shared.wake.notified(), if wakeable => return,
+                _ = self.shared.wake.wait(), if wakeable => return,
                 changed = control.changed() => {
                     if changed.is_err() { return; }
                     return;
@@ -332,7 +341,6 @@ impl Worker {
     ) -> Option<Option<Reservation>> {
         let (script_keys, args) = self.reserve_args();
         let mut pipe = redis::pipe();
-        pipe.cmd("MULTI").ignore();
         commands::add_finish(
             &mut pipe,
             &self.shared.keys,
@@ -341,7 +349,7 @@ impl Worker {
             payload,
             outcome,
         );
-        pipe.cmd("EXEC").ignore();
+        pipe.ignore();
         pipe.cmd("EVALSHA")
             .arg(scripts::RESERVE.get_hash())
             .arg(script_keys.len())
@@ -350,8 +358,8 @@ impl Worker {
         match pipe.query_async::<(redis::Value,)>(&mut self.conn).await {
             Ok((reply,)) => Some(parse_reservation(reply).ok()),
             Err(e) => {
-                // The in-flight entry is removed by the outcome's EXEC: if it is gone, the
-                // outcome is written and only the reservation failed (e.g. NOSCRIPT).
+                // The outcome script removes the in-flight entry: if it is gone, the outcome is
+                // written and only the reservation failed (e.g. NOSCRIPT after a restart).
                 let still: Result<Option<i64>, _> = redis::cmd("LPOS")
                     .arg(self.shared.keys.inflight(&self.id_text))
                     .arg(&job.raw)
@@ -427,7 +435,7 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         loop {
             self.beat();
-            match pipe.query_async::<()>(&mut self.conn).await {
+            match pipe.invoke_async::<()>(&mut self.conn).await {
                 Ok(()) => return,
                 Err(e) => {
                     error!(error = %e, retry_in = ?backoff, "cannot record the job's outcome; retrying");

@@ -218,7 +218,7 @@ async fn settle_lost_job(
         payload.as_ref(),
         &Outcome::Failed(Box::new(record)),
     )
-    .query_async::<()>(conn)
+    .invoke_async::<()>(conn)
     .await?;
     warn!(worker, queue, class = %class, "{error}");
     Ok(false)

@@ -9,10 +9,57 @@
 //! tracking connection is lost, workers still look every `interval` until it is back.
 
 use crate::config::RedisConfig;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::{debug, warn};
+
+/// Wake-ups for idle workers: one per pushed job, counted (a burst of pushes while workers are
+/// busy is not collapsed into one, as a `Notify` permit would be) and capped at the number of
+/// workers (so a burst does not turn into thousands of empty reservations later).
+#[derive(Debug)]
+pub struct Wakeup {
+    permits: Semaphore,
+    cap: AtomicUsize,
+    /// True while Redis pushes invalidations to us; otherwise idle workers poll.
+    tracking: AtomicBool,
+}
+
+impl Wakeup {
+    pub fn new(workers: usize) -> Wakeup {
+        Wakeup {
+            permits: Semaphore::new(0),
+            cap: AtomicUsize::new(workers.max(1)),
+            tracking: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_workers(&self, workers: usize) {
+        self.cap.store(workers.max(1), Ordering::Relaxed);
+    }
+
+    /// One more job may be waiting.
+    pub fn ring(&self) {
+        if self.permits.available_permits() < self.cap.load(Ordering::Relaxed) {
+            self.permits.add_permits(1);
+        }
+    }
+
+    /// Every idle worker should look.
+    pub fn ring_all(&self) {
+        for _ in 0..self.cap.load(Ordering::Relaxed) {
+            self.ring();
+        }
+    }
+
+    /// Waits for a wake-up.
+    pub async fn wait(&self) {
+        if let Ok(permit) = self.permits.acquire().await {
+            permit.forget();
+        }
+    }
+}
 
 /// The key prefixes to track for a queue list: one per queue, or the whole `queue:` space
 /// when `*` is among them or two prefixes would overlap (Redis refuses overlapping prefixes).
@@ -36,23 +83,48 @@ pub fn tracking_prefixes(keys: &crate::protocol::Keys, queues: &[String]) -> Vec
 }
 
 /// Runs until `stop` is notified: keeps a tracking connection and turns every invalidation into
-/// one `wake.notify_one()`.
-pub async fn run(redis: RedisConfig, prefixes: Vec<String>, wake: Arc<Notify>, stop: Arc<Notify>) {
+/// one wake-up. While tracking is down, it wakes one idle worker every `interval` instead: one
+/// look per pool, not one per worker.
+pub async fn run(
+    redis: RedisConfig,
+    prefixes: Vec<String>,
+    wake: Arc<Wakeup>,
+    stop: Arc<Notify>,
+    interval: Duration,
+) {
+    // Without tracking (connection lost), idle workers look every interval: one per pool.
+    let safety_net = {
+        let wake = wake.clone();
+        async move {
+            let mut every = tokio::time::interval(interval);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if !wake.tracking.load(Ordering::Relaxed) {
+                    wake.ring();
+                }
+            }
+        }
+    };
+    tokio::pin!(safety_net);
     let mut backoff = Duration::from_millis(200);
     loop {
         let session = track(&redis, &prefixes, &wake);
         tokio::select! {
             _ = stop.notified() => return,
+            _ = &mut safety_net => {}
             result = session => {
                 if let Err(e) = result {
                     warn!(error = %e, retry_in = ?backoff, "job wake-ups unavailable; idle workers poll every interval until Redis is back");
                 }
             }
         }
+        wake.tracking.store(false, Ordering::Relaxed);
         // Something may have been pushed while we were not listening.
-        wake.notify_waiters();
+        wake.ring_all();
         tokio::select! {
             _ = stop.notified() => return,
+            _ = &mut safety_net => {}
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -62,7 +134,7 @@ pub async fn run(redis: RedisConfig, prefixes: Vec<String>, wake: Arc<Notify>, s
 async fn track(
     redis: &RedisConfig,
     prefixes: &[String],
-    wake: &Arc<Notify>,
+    wake: &Arc<Wakeup>,
 ) -> Result<(), redis::RedisError> {
     let settings = redis
         .connection
@@ -83,11 +155,12 @@ async fn track(
     }
     cmd.query_async::<()>(&mut conn).await?;
     debug!(?prefixes, "listening for pushed jobs");
+    wake.tracking.store(true, Ordering::Relaxed);
     // A job may have arrived before tracking was on.
-    wake.notify_waiters();
+    wake.ring_all();
     while let Some(push) = rx.recv().await {
         match push.kind {
-            redis::PushKind::Invalidate => wake.notify_one(),
+            redis::PushKind::Invalidate => wake.ring(),
             redis::PushKind::Disconnection => {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
