@@ -1225,3 +1225,58 @@ fn higher_priority_queue_is_served_first() {
     });
     assert_eq!(done_ids(dir.path()), vec![high, low], "high first");
 }
+
+/// php-resque workers that died on this host (or Ruby workers whose heartbeat stopped) leave
+/// records behind; they are removed, and the job one was working on is recorded as failed, as
+/// Ruby resque's pruning does. Live or unknowable ones (another host, no heartbeat) are kept.
+#[test]
+fn records_of_dead_workers_of_other_implementations_are_pruned() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn();
+    let dead_busy = format!("{}:{}:default", host(), dead_pid());
+    let dead_idle = format!("{}:{}:default", host(), dead_pid());
+    let remote_php = "otherhost:4242:default".to_string();
+    let worker_json =
+        std::fs::read_to_string(common::fixtures().join("tp3-seed/worker.json")).unwrap();
+    for id in [&dead_busy, &dead_idle, &remote_php] {
+        let _: () = c.sadd("resque:workers", id).unwrap();
+        let _: () = c
+            .set(
+                format!("resque:worker:{id}:started"),
+                "Wed Nov 25 16:12:32 CST 2026",
+            )
+            .unwrap();
+    }
+    let _: () = c
+        .set(format!("resque:worker:{dead_busy}"), worker_json.trim())
+        .unwrap();
+    let _: () = c
+        .set(format!("resque:worker:{remote_php}"), worker_json.trim())
+        .unwrap();
+    let config = exec_config(&redis, dir.path(), "queues = [\"default\"]");
+    let daemon = Daemon::start(&config, &[]);
+    let live = wait_workers(&redis, daemon.pid(), 1);
+    let mut expected = vec![remote_php.clone(), live[0].clone()];
+    expected.sort();
+    assert_eq!(workers(&redis), expected);
+    for id in [&dead_busy, &dead_idle] {
+        let exists: bool = c.exists(format!("resque:worker:{id}:started")).unwrap();
+        assert!(!exists, "{id} records removed");
+    }
+    let failed = failures(&redis);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["worker"], dead_busy.as_str());
+    assert_eq!(failed[0]["queue"], "default");
+    assert_eq!(failed[0]["payload"]["class"], "\\Common\\Job\\XxxxJob");
+    assert!(failed[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("did not gracefully exit"));
+    assert_eq!(stat(&redis, "failed"), 1);
+    let remote_kept: bool = c.exists(format!("resque:worker:{remote_php}")).unwrap();
+    assert!(
+        remote_kept,
+        "a remote worker without heartbeat cannot be judged: kept"
+    );
+}

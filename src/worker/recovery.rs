@@ -119,24 +119,18 @@ async fn recover_locked(
     let beats: HashMap<String, String> = conn.hgetall(keys.workers_heartbeat()).await?;
     let my_pid = std::process::id();
     let mut report = RecoveryReport::default();
-    for (worker, queue) in index {
+    // Ours first: they hold jobs in in-flight lists.
+    for (worker, queue) in &index {
+        let (worker, queue) = (worker.clone(), queue.clone());
         if ctx.live.contains(&worker) {
             continue;
         }
         let Ok(id) = WorkerId::parse(&worker) else {
             continue;
         };
-        let dead = if id.host == ctx.host {
-            id.pid == my_pid || !pid_alive(id.pid)
-        } else {
-            match beats.get(&worker).and_then(|b| heartbeat_age(b)) {
-                Some(age) => age > ctx.dead_after,
-                // A remote worker without heartbeat: pruned by another implementation after
-                // its heartbeat went stale, so dead too.
-                None => !beats.contains_key(&worker),
-            }
-        };
-        if !dead {
+        // A remote worker of ours without heartbeat was pruned by another implementation after
+        // its heartbeat went stale, so it is dead too.
+        if !is_dead(&id, &worker, ctx, &beats, my_pid, true) {
             continue;
         }
         report.dead_workers += 1;
@@ -153,7 +147,68 @@ async fn recover_locked(
             .await?;
         info!(worker = %worker, "removed dead worker");
     }
+    // Then the records other implementations left behind (php-resque workers killed or crashed
+    // on this host, Ruby workers whose heartbeat stopped), as php-resque's and Ruby's own
+    // pruning would remove them; a job one was working on is recorded as failed, as Ruby does.
+    let members: Vec<String> = conn.smembers(keys.workers()).await?;
+    for worker in members {
+        if ctx.live.contains(&worker) || index.contains_key(&worker) {
+            continue;
+        }
+        let Ok(id) = WorkerId::parse(&worker) else {
+            continue;
+        };
+        if !is_dead(&id, &worker, ctx, &beats, my_pid, false) {
+            continue;
+        }
+        report.dead_workers += 1;
+        let current: Option<String> = conn.get(keys.worker(&worker)).await?;
+        let mut pipe = commands::unregister(keys, &worker);
+        if let Some(record) = current.and_then(|t| crate::protocol::WorkerRecord::parse(&t).ok()) {
+            let class = record
+                .payload
+                .get("class")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("<Unknown Job>")
+                .to_string();
+            let failure = FailureRecord {
+                failed_at: resque_time(),
+                payload: record.payload.clone(),
+                exception: DIRTY_EXIT_EXCEPTION.to_string(),
+                error: format!("Worker {worker} did not gracefully exit while processing {class}"),
+                backtrace: Vec::new(),
+                worker: worker.clone(),
+                queue: record.queue.clone(),
+                retried_at: None,
+                extra: Default::default(),
+            };
+            pipe.rpush(keys.failed(), failure.to_json()).ignore();
+            pipe.incr(keys.stat_failed(), 1).ignore();
+            report.failed += 1;
+        }
+        pipe.query_async::<()>(conn).await?;
+        info!(worker = %worker, "removed the records of a dead worker of another implementation");
+    }
     Ok(report)
+}
+
+/// Whether a worker id names a dead worker: its pid is gone on this host (or it is this process
+/// but none of our running workers), or its heartbeat is older than `dead_after`.
+fn is_dead(
+    id: &WorkerId,
+    worker: &str,
+    ctx: &RecoveryContext<'_>,
+    beats: &HashMap<String, String>,
+    my_pid: u32,
+    dead_without_heartbeat: bool,
+) -> bool {
+    if id.host == ctx.host {
+        return id.pid == my_pid || !pid_alive(id.pid);
+    }
+    match beats.get(worker) {
+        Some(beat) => heartbeat_age(beat).is_some_and(|age| age > ctx.dead_after),
+        None => dead_without_heartbeat,
+    }
 }
 
 /// Puts one lost job back, or fails it (on_lost = "fail", or lost too often). Returns true if it
