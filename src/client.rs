@@ -372,13 +372,7 @@ impl Client {
         let text = self.failed_text(index).await?;
         let not_retryable = |reason: String| ClientError::NotRetryable { index, reason };
         let record = FailureRecord::parse(&text).map_err(|e| not_retryable(e.to_string()))?;
-        let queue = record
-            .queue
-            .clone()
-            .chars()
-            .collect::<String>()
-            .trim()
-            .to_string();
+        let queue = record.queue.trim().to_string();
         let queue = if queue.is_empty() {
             record
                 .payload

@@ -400,16 +400,8 @@ impl Supervisor {
             }
         };
 
-        self.shutdown(
-            &config,
-            pool,
-            retired,
-            graceful,
-            &mut commands,
-            &stats,
-            control,
-        )
-        .await;
+        self.shutdown(&config, pool, retired, graceful, &mut commands, &stats)
+            .await;
         Ok(())
     }
 
@@ -565,7 +557,6 @@ impl Supervisor {
         let _: Result<(), _> = commands::unregister(keys, id).query_async(conn).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn shutdown(
         &self,
         config: &Config,
@@ -574,7 +565,6 @@ impl Supervisor {
         graceful: bool,
         commands: &mut mpsc::Receiver<Command>,
         stats: &PoolStats,
-        control: Control,
     ) {
         let timeout = if graceful {
             config.worker.shutdown_timeout
@@ -591,7 +581,6 @@ impl Supervisor {
         for slot in &slots {
             slot.control.send_modify(|c| c.mode = mode);
         }
-        let _ = control;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut extend = tokio::time::interval(Duration::from_secs(5));
         // The supervisor keeps feeding the watchdog while it drains: jobs finishing is progress.
