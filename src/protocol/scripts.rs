@@ -72,14 +72,16 @@ return 0
 });
 
 /// Count one more loss of a payload (a worker died holding it) and return the count; the
-/// counter expires after a week so it does not leak.
+/// counter expires an hour after the last loss: a poison pill is lost again within minutes
+/// (recovery runs every minute), while identical payloads without an id (a recurring Ruby or
+/// node job) that crash now and then do not add up to a false verdict.
 ///
 /// KEYS: lost counter key.
 pub static COUNT_LOSS: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local n = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], 604800)
+redis.call('EXPIRE', KEYS[1], 3600)
 return n
 "#,
     )
