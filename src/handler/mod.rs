@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 pub mod exec;
 pub mod php;
+mod process;
 
 /// One job, as a handler sees it.
 #[derive(Debug, Clone)]

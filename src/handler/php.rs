@@ -21,57 +21,36 @@
 //! Killing: on timeout the process group gets TERM, then `grace`, then KILL. When the `perform`
 //! future is dropped the group gets KILL at once, and the process is never reused.
 
+use super::process::{
+    child_command, describe_status, next_line, spawn_place, time_limit, timed_out, Lines, Output,
+    ProcessGroup, OUTPUT_DRAIN,
+};
 use super::{Handler, Job, JobFailure};
 use crate::protocol::DIRTY_EXIT_EXCEPTION;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::Deserialize;
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tracing::Instrument;
 
-/// How many stderr lines a failure record keeps.
-pub const STDERR_TAIL: usize = 20;
+pub use super::process::STDERR_TAIL;
 
 /// Longest wait between two attempts to start a PHP process that keeps failing to start.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How long output and a last response are still read after a PHP process is gone, when
-/// something it left behind keeps the pipes open.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
-
-/// Longest output line logged as one.
-const MAX_LINE: usize = 16 * 1024;
-
 /// Longest response line accepted from the runner.
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
-
-/// How often, during the grace period, we look whether the group is gone.
-const GROUP_POLL: Duration = Duration::from_millis(50);
 
 /// The exception class php-resque uses for its own errors (a missing job class).
 const RESQUE_EXCEPTION: &str = "Resque\\Exception";
 
 /// The runner's message when a job calls `exit()` (see `php/runner.php`).
 const EXIT_CALLED: &str = "Job called exit()";
-
-/// Variables the service manager gives the daemon, removed from every PHP process's environment.
-const DAEMON_ONLY_ENV: [&str; 6] = [
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-];
 
 /// Where installed packages put the runner.
 const INSTALLED_RUNNER: &str = "/usr/share/resque/php/runner.php";
@@ -197,18 +176,18 @@ impl PhpHandler {
     fn checkout(&self) -> Option<PhpProcess> {
         loop {
             let mut process = lock(&self.inner.idle).pop()?;
-            match process.child.try_wait() {
+            match process.group.try_wait() {
                 Ok(None) => return Some(process),
                 Ok(Some(status)) => {
-                    process.armed = false;
+                    process.group.disarm();
                     tracing::warn!(
-                        pid = process.pid,
+                        pid = process.pid(),
                         "idle PHP worker ended on its own ({}); starting another",
                         describe_status(status)
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(pid = process.pid, "cannot check on idle PHP worker: {e}");
+                    tracing::warn!(pid = process.pid(), "cannot check on idle PHP worker: {e}");
                 }
             }
         }
@@ -267,7 +246,8 @@ impl PhpHandler {
                 ),
             ));
         }
-        let mut cmd = match &settings.command {
+        let working_dir = settings.working_dir.as_deref();
+        let (program, mut cmd) = match &settings.command {
             Some(command) => {
                 let Some((program, args)) = command.split_first() else {
                     return Err(JobFailure::new(
@@ -275,23 +255,16 @@ impl PhpHandler {
                         "cannot run PHP jobs: the command is empty",
                     ));
                 };
-                let mut cmd = Command::new(program);
+                let mut cmd = child_command(program, working_dir);
                 cmd.args(args);
-                cmd
+                (program, cmd)
             }
             None => {
-                let mut cmd = Command::new(&settings.php);
+                let mut cmd = child_command(&settings.php, working_dir);
                 cmd.arg(&runner);
-                cmd
+                (&settings.php, cmd)
             }
         };
-        let program = match &settings.command {
-            Some(command) => command.first().cloned().unwrap_or_default(),
-            None => settings.php.clone(),
-        };
-        for name in DAEMON_ONLY_ENV {
-            cmd.env_remove(name);
-        }
         cmd.env("RESQUE_RUNNER", &runner);
         match &settings.bootstrap {
             Some(bootstrap) => cmd.env("RESQUE_BOOTSTRAP", bootstrap),
@@ -299,20 +272,10 @@ impl PhpHandler {
         };
         cmd.env("RESQUE_ISOLATION", settings.isolation.as_str());
         cmd.envs(settings.env.iter().map(|(k, v)| (k, v)));
-        if let Some(dir) = &settings.working_dir {
-            cmd.current_dir(dir);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        cmd.stdin(Stdio::null());
 
         let spawn_error = |e: &dyn std::fmt::Display| {
-            let place = match &settings.working_dir {
-                Some(dir) => format!(" in {}", dir.display()),
-                None => String::new(),
-            };
+            let place = spawn_place(working_dir);
             JobFailure::new(
                 DIRTY_EXIT_EXCEPTION,
                 format!("cannot run PHP worker {program}{place}: {e}"),
@@ -350,37 +313,31 @@ impl PhpHandler {
             });
         }
 
-        let mut child = cmd.spawn().map_err(|e| spawn_error(&e))?;
+        let spawned = ProcessGroup::spawn(cmd, "PHP worker");
         // The child has its copies; ours must go, or we would never see end of file.
         drop(request_read);
         drop(response_write);
-        let pid = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .ok_or_else(|| spawn_error(&"the process has no pid"))?;
+        let mut group = spawned.map_err(|e| spawn_error(&e))?;
         let requests = sender(request_write).map_err(|e| spawn_error(&e))?;
         let responses = receiver(response_read).map_err(|e| spawn_error(&e))?;
         tracing::debug!(
-            pid,
+            pid = group.pid(),
             isolation = settings.isolation.as_str(),
             "started PHP worker"
         );
         Ok(PhpProcess {
-            pid,
-            pgid: Pid::from_raw(pid),
-            armed: true,
             ready: false,
             jobs: 0,
             requests: Some(requests),
             responses: Some(Lines::new(responses, MAX_RESPONSE)),
-            output: Output::new(child.stdout.take(), child.stderr.take()),
-            child,
+            output: group.take_output(),
+            group,
         })
     }
 
     /// Tells a process to exit after its last job, in the background.
     fn retire(&self, process: PhpProcess, why: String) {
-        tracing::debug!(pid = process.pid, "recycling PHP worker: {why}");
+        tracing::debug!(pid = process.pid(), "recycling PHP worker: {why}");
         retire(process, self.inner.settings.grace);
     }
 
@@ -402,13 +359,15 @@ impl PhpHandler {
                 }
             }
         };
-        process.output.tail.clear();
+        process.output.clear_tail();
 
         let ended = process.exchange(&request, settings.timeout, self).await;
 
         match ended {
             Ended::Response(response) if !response.exiting => {
                 process.jobs = process.jobs.saturating_add(1);
+                // The runner flushes the job's output before it answers: what is in the pipes now
+                // is the rest of this job's output.
                 process.output.drain_ready();
                 let recycle = if settings.max_jobs > 0 && process.jobs >= settings.max_jobs {
                     Some(format!("it has run {} jobs", process.jobs))
@@ -428,7 +387,7 @@ impl PhpHandler {
             }
             Ended::Response(response) => {
                 // The runner answered from its shutdown function: the process is going down.
-                let status = process.terminate_within(settings.grace, false).await;
+                let status = process.wait_or_kill(settings.grace).await;
                 process.output.drain().await;
                 let mut failure = response.into_failure();
                 if let Some(code) = status.and_then(|s| s.code()) {
@@ -441,8 +400,8 @@ impl PhpHandler {
             }
             Ended::Died(status) => {
                 // What the process left in its group (a forked job child) goes with it.
-                process.signal(Signal::SIGKILL);
-                process.armed = false;
+                process.group.signal(Signal::SIGKILL);
+                process.group.disarm();
                 process.output.drain().await;
                 // A response written just before the end may still be in the pipe.
                 if let Some(response) = process.last_response().await {
@@ -475,27 +434,23 @@ impl PhpHandler {
                     self.start_failed();
                     format!("PHP worker failed to start: {how}{last}")
                 };
-                tracing::warn!(pid = process.pid, "{error}");
+                tracing::warn!(pid = process.pid(), "{error}");
                 Err(JobFailure::new(DIRTY_EXIT_EXCEPTION, error).with_backtrace(tail))
             }
             Ended::TimedOut => {
                 let limit = settings.timeout.unwrap_or_default();
                 tracing::warn!(
-                    pid = process.pid,
+                    pid = process.pid(),
                     "job timed out after {}; stopping its PHP worker",
                     humantime::format_duration(limit)
                 );
-                process.terminate_within(settings.grace, true).await;
+                process.terminate(settings.grace).await;
                 process.output.drain().await;
-                Err(JobFailure::new(
-                    DIRTY_EXIT_EXCEPTION,
-                    format!("Job timed out after {}", humantime::format_duration(limit)),
-                )
-                .with_backtrace(process.output.tail()))
+                Err(timed_out(limit, process.output.tail()))
             }
             Ended::Protocol(problem) => {
-                tracing::error!(pid = process.pid, "PHP runner protocol error: {problem}");
-                process.terminate_within(settings.grace, true).await;
+                tracing::error!(pid = process.pid(), "PHP runner protocol error: {problem}");
+                process.terminate(settings.grace).await;
                 process.output.drain().await;
                 Err(JobFailure::new(
                     DIRTY_EXIT_EXCEPTION,
@@ -520,7 +475,7 @@ fn retire(mut process: PhpProcess, grace: Duration) {
     let span = tracing::Span::current();
     let task = async move {
         process.requests = None;
-        process.terminate_within(grace, false).await;
+        process.wait_or_kill(grace).await;
         process.output.drain().await;
     };
     match tokio::runtime::Handle::try_current() {
@@ -581,28 +536,6 @@ fn with_exit_code(failure: &mut JobFailure, code: i32) {
 
 fn round_ms(duration: Duration) -> Duration {
     Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// An exit status in words: `exit code 255`, `killed by signal SIGKILL`.
-fn describe_status(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("exit code {code}");
-    }
-    match status.signal() {
-        Some(number) => {
-            let name = match Signal::try_from(number) {
-                Ok(signal) => signal.as_str().to_string(),
-                Err(_) => format!("{number}"),
-            };
-            let core = if status.core_dumped() {
-                " (core dumped)"
-            } else {
-                ""
-            };
-            format!("killed by signal {name}{core}")
-        }
-        None => format!("{status}"),
-    }
 }
 
 /// A message from the runner on fd 4.
@@ -710,15 +643,12 @@ enum Ended {
     Protocol(String),
 }
 
-/// One PHP process and its process group. Dropped while armed, it kills the whole group.
+/// One PHP process and its process group, killed with it when dropped before it has ended.
 #[derive(Debug)]
 struct PhpProcess {
-    pid: i32,
-    /// The group: the process's pid, as `process_group(0)` made it.
-    pgid: Pid,
-    /// Whether the group is still ours to kill. Cleared once the process has been reaped,
-    /// because then the group may be gone and its id taken by someone else.
-    armed: bool,
+    /// First, so that a dropped process is killed before its request pipe closes (which would ask
+    /// the runner to exit cleanly, running shutdown functions for a job that was cancelled).
+    group: ProcessGroup,
     /// The runner said it is ready (its bootstrap succeeded).
     ready: bool,
     /// Jobs completed.
@@ -728,24 +658,11 @@ struct PhpProcess {
     /// Responses (the runner's fd 4). `None` after end of file.
     responses: Option<Lines<pipe::Receiver>>,
     output: Output,
-    /// Declared last so [`Drop`] signals the group while the leader is not yet reaped.
-    child: Child,
 }
 
 impl PhpProcess {
-    fn signal(&self, signal: Signal) {
-        match killpg(self.pgid, signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => tracing::warn!(
-                "cannot send {signal} to PHP worker process group {}: {e}",
-                self.pgid
-            ),
-        }
-    }
-
-    /// Whether any process is left in the group (zombies included).
-    fn group_alive(&self) -> bool {
-        !matches!(killpg(self.pgid, None), Err(nix::errno::Errno::ESRCH))
+    fn pid(&self) -> i32 {
+        self.group.pid()
     }
 
     /// Sends the request and waits for the answer, logging output meanwhile.
@@ -755,12 +672,8 @@ impl PhpProcess {
         timeout: Option<Duration>,
         handler: &PhpHandler,
     ) -> Ended {
-        let timer = async {
-            match timeout {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
-            }
-        };
+        let pid = self.pid();
+        let timer = time_limit(timeout);
         tokio::pin!(timer);
 
         let requests = &mut self.requests;
@@ -776,14 +689,14 @@ impl PhpProcess {
 
         loop {
             tokio::select! {
-                status = self.child.wait() => return Ended::Died(status),
+                status = self.group.wait() => return Ended::Died(status),
                 line = next_line(&mut self.responses) => match line {
                     None => self.responses = None,
                     Some(line) => match parse_message(&line) {
-                        Ok(Parsed::Ready(pid)) => {
+                        Ok(Parsed::Ready(php_pid)) => {
                             self.ready = true;
                             handler.started();
-                            tracing::debug!(pid = self.pid, php_pid = pid, "PHP worker ready");
+                            tracing::debug!(pid, php_pid, "PHP worker ready");
                         }
                         Ok(Parsed::Response(response)) => return Ended::Response(response),
                         Err(problem) => return Ended::Protocol(problem),
@@ -794,7 +707,7 @@ impl PhpProcess {
                     fed = true;
                     if let Err(e) = written {
                         // The process is gone or going: its exit tells the rest.
-                        tracing::debug!(pid = self.pid, "cannot send the job to the PHP worker: {e}");
+                        tracing::debug!(pid, "cannot send the job to the PHP worker: {e}");
                     }
                 }
                 () = &mut timer => return Ended::TimedOut,
@@ -820,260 +733,14 @@ impl PhpProcess {
             .flatten()
     }
 
-    /// Waits up to `grace` for the process to end (after TERM to its group when `term`), then
-    /// KILLs what is left of the group and reaps the process. Output is logged meanwhile.
-    async fn terminate_within(&mut self, grace: Duration, term: bool) -> Option<ExitStatus> {
-        if !self.armed {
-            return None;
-        }
-        if term {
-            self.signal(Signal::SIGTERM);
-        }
-        let deadline = tokio::time::sleep(grace);
-        tokio::pin!(deadline);
-        let mut status = None;
-        let mut reaped = false;
-        loop {
-            if reaped && !self.group_alive() {
-                break;
-            }
-            tokio::select! {
-                waited = self.child.wait(), if !reaped => {
-                    reaped = true;
-                    status = waited.ok();
-                }
-                () = self.output.next(), if self.output.is_open() => {}
-                () = tokio::time::sleep(GROUP_POLL), if reaped => {}
-                () = &mut deadline => break,
-            }
-        }
-        if !reaped || self.group_alive() {
-            self.signal(Signal::SIGKILL);
-        }
-        if !reaped {
-            match self.child.wait().await {
-                Ok(waited) => status = Some(waited),
-                Err(e) => tracing::warn!("cannot wait for the killed PHP worker: {e}"),
-            }
-        }
-        self.armed = false;
-        status
-    }
-}
-
-impl Drop for PhpProcess {
-    fn drop(&mut self) {
-        if self.armed {
-            // `kill_on_drop` only reaches the leader; take its children (fork isolation) along.
-            self.signal(Signal::SIGKILL);
-        }
-    }
-}
-
-/// The process's stdout and stderr, logged line by line, with the tail of stderr kept.
-#[derive(Debug)]
-struct Output {
-    stdout: Option<Lines<ChildStdout>>,
-    stderr: Option<Lines<ChildStderr>>,
-    tail: VecDeque<String>,
-}
-
-impl Output {
-    fn new(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>) -> Self {
-        Output {
-            stdout: stdout.map(|s| Lines::new(s, MAX_LINE)),
-            stderr: stderr.map(|s| Lines::new(s, MAX_LINE)),
-            tail: VecDeque::with_capacity(STDERR_TAIL),
-        }
+    /// TERM to the group, up to `grace` for it to go, then KILL to what is left.
+    async fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.group.terminate(grace, &mut self.output).await
     }
 
-    fn is_open(&self) -> bool {
-        self.stdout.is_some() || self.stderr.is_some()
-    }
-
-    fn log_stdout(line: &str) {
-        tracing::info!(target: "resque::job_output", stream = "stdout", "{}", line);
-    }
-
-    fn log_stderr(&mut self, line: String) {
-        tracing::warn!(target: "resque::job_output", stream = "stderr", "{}", line);
-        if self.tail.len() == STDERR_TAIL {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
-    }
-
-    /// Logs the next line from either stream, or notes an end of file. Cancel safe. Never
-    /// completes once both streams are closed.
-    async fn next(&mut self) {
-        tokio::select! {
-            line = next_line(&mut self.stdout) => match line {
-                Some(line) => Self::log_stdout(&line),
-                None => self.stdout = None,
-            },
-            line = next_line(&mut self.stderr) => match line {
-                Some(line) => self.log_stderr(line),
-                None => self.stderr = None,
-            },
-        }
-    }
-
-    /// Logs the lines already written, without waiting for more: the runner flushes the job's
-    /// output before it answers, so this is the rest of the job's output. Read straight from the
-    /// pipes, because the runtime may not have noticed yet that they are readable. A last line
-    /// without a newline is logged too, so that it goes with this job.
-    fn drain_ready(&mut self) {
-        if let Some(stdout) = &mut self.stdout {
-            let (lines, open) = stdout.ready_lines();
-            lines.iter().for_each(|line| Self::log_stdout(line));
-            if !open {
-                self.stdout = None;
-            }
-        }
-        if let Some(stderr) = &mut self.stderr {
-            let (lines, open) = stderr.ready_lines();
-            if !open {
-                self.stderr = None;
-            }
-            lines.into_iter().for_each(|line| self.log_stderr(line));
-        }
-    }
-
-    /// Logs what is left, until both streams end or [`OUTPUT_DRAIN`] has passed.
-    async fn drain(&mut self) {
-        let read_all = async {
-            while self.is_open() {
-                self.next().await;
-            }
-        };
-        if tokio::time::timeout(OUTPUT_DRAIN, read_all).await.is_err() {
-            tracing::debug!("PHP worker output still open after it ended; no longer read");
-        }
-        self.stdout = None;
-        self.stderr = None;
-    }
-
-    fn tail(&self) -> Vec<String> {
-        self.tail.iter().cloned().collect()
-    }
-}
-
-/// The next line of an open stream; pending forever for a closed one.
-async fn next_line<R: AsyncRead + Unpin>(lines: &mut Option<Lines<R>>) -> Option<String> {
-    match lines {
-        Some(lines) => lines.next_line().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Lines of a byte stream, any encoding (invalid UTF-8 is replaced), at most `max` bytes each.
-#[derive(Debug)]
-struct Lines<R> {
-    reader: BufReader<R>,
-    line: Vec<u8>,
-    max: usize,
-}
-
-impl<R: AsyncRead + Unpin> Lines<R> {
-    fn new(reader: R, max: usize) -> Self {
-        Lines {
-            reader: BufReader::new(reader),
-            line: Vec::new(),
-            max,
-        }
-    }
-
-    /// The next line without its `\n` (and `\r`); `None` at end of file. A read error counts as end
-    /// of file. Cancel safe: a partial line stays in `self.line`.
-    async fn next_line(&mut self) -> Option<String> {
-        loop {
-            let available = match self.reader.fill_buf().await {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!("cannot read from the PHP worker: {e}");
-                    &[]
-                }
-            };
-            if available.is_empty() {
-                return (!self.line.is_empty()).then(|| self.take());
-            }
-            let room = self.max.saturating_sub(self.line.len());
-            if let Some(end) = available.iter().take(room).position(|&b| b == b'\n') {
-                self.line.extend_from_slice(&available[..end]);
-                self.reader.consume(end + 1);
-                return Some(self.take());
-            }
-            let used = available.len().min(room);
-            self.line.extend_from_slice(&available[..used]);
-            self.reader.consume(used);
-            if self.line.len() >= self.max {
-                return Some(self.take());
-            }
-        }
-    }
-
-    fn take(&mut self) -> String {
-        if self.line.last() == Some(&b'\r') {
-            self.line.pop();
-        }
-        let text = String::from_utf8_lossy(&self.line).into_owned();
-        self.line.clear();
-        text
-    }
-
-    /// Adds bytes read, splitting them into lines.
-    fn push(&mut self, mut bytes: &[u8], lines: &mut Vec<String>) {
-        while !bytes.is_empty() {
-            let room = self.max.saturating_sub(self.line.len()).max(1);
-            if let Some(end) = bytes.iter().take(room).position(|&b| b == b'\n') {
-                self.line.extend_from_slice(&bytes[..end]);
-                lines.push(self.take());
-                bytes = &bytes[end + 1..];
-                continue;
-            }
-            let used = bytes.len().min(room);
-            self.line.extend_from_slice(&bytes[..used]);
-            bytes = &bytes[used..];
-            if self.line.len() >= self.max {
-                lines.push(self.take());
-            }
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin + AsRawFd> Lines<R> {
-    /// Everything already written, as lines (a last partial line included), without waiting;
-    /// and whether the stream is still open.
-    fn ready_lines(&mut self) -> (Vec<String>, bool) {
-        let mut lines = Vec::new();
-        let buffered = self.reader.buffer().to_vec();
-        self.reader.consume(buffered.len());
-        self.push(&buffered, &mut lines);
-        // The pipe is non-blocking (the runtime made it so): this reads what is there.
-        let fd = self.reader.get_ref().as_raw_fd();
-        let mut chunk = [0u8; 8192];
-        let mut open = true;
-        loop {
-            match nix::unistd::read(fd, &mut chunk) {
-                Ok(0) => {
-                    open = false;
-                    break;
-                }
-                Ok(n) => self.push(&chunk[..n], &mut lines),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(e) => {
-                    tracing::debug!("cannot read from the PHP worker: {e}");
-                    open = false;
-                    break;
-                }
-            }
-        }
-        if !self.line.is_empty() {
-            lines.push(self.take());
-        }
-        (lines, open)
+    /// Up to `grace` for the process to end by itself, then KILL to what is left of its group.
+    async fn wait_or_kill(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.group.wait_or_kill(grace, &mut self.output).await
     }
 }
 
@@ -1099,23 +766,5 @@ mod tests {
         assert_eq!(failure.backtrace, vec!["#0 a", "#1 {main}"]);
         assert!(parse_message("Fatal error").is_err());
         assert!(parse_message(r#"{"memory":1}"#).is_err());
-    }
-
-    #[test]
-    fn statuses_read_well() {
-        assert_eq!(describe_status(ExitStatus::from_raw(3 << 8)), "exit code 3");
-        assert_eq!(
-            describe_status(ExitStatus::from_raw(9)),
-            "killed by signal SIGKILL"
-        );
-    }
-
-    #[test]
-    fn lines_split_long_output() {
-        let mut lines = Lines::new(tokio::io::empty(), 4);
-        let mut out = Vec::new();
-        lines.push(b"ab\ncdefgh\r\nij", &mut out);
-        assert_eq!(out, vec!["ab", "cdef", "gh"]);
-        assert_eq!(lines.take(), "ij");
     }
 }
