@@ -63,6 +63,24 @@ pub struct BenchReport {
     pub idle_commands_per_second_per_worker: Option<f64>,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// CPU used while the jobs drained: by this process and by redis-server.
+    pub drain_cpu: Option<DrainCpu>,
+}
+
+/// Where the CPU went while the jobs drained, to tell whether Redis or resque is the limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainCpu {
+    pub seconds: f64,
+    /// user + system CPU seconds of this process (workers, handlers' in-process part).
+    pub resque_cpu_seconds: f64,
+    /// user + system CPU seconds of this process's child processes (exec jobs, PHP runners and
+    /// their forked job children): the reaped ones and the live ones.
+    pub children_cpu_seconds: f64,
+    /// user + system CPU seconds of redis-server (INFO cpu), all its threads.
+    pub redis_cpu_seconds: f64,
+    /// CPU seconds per wall second: 1.0 is one core busy.
+    pub resque_cores: f64,
+    pub redis_cores: f64,
 }
 
 /// Records when each job started, relative to its `queue_time`.
@@ -100,6 +118,61 @@ async fn commands_processed(conn: &mut redis::aio::MultiplexedConnection) -> any
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("INFO stats has no total_commands_processed"))
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 3 of proc(5) is index 0).
+fn proc_stat(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Sum of the clock-tick fields at `indexes`, in seconds (USER_HZ = 100).
+fn ticks(fields: &[String], indexes: &[usize]) -> Option<f64> {
+    let mut sum = 0.0;
+    for &i in indexes {
+        sum += fields.get(i)?.parse::<f64>().ok()?;
+    }
+    Some(sum / 100.0)
+}
+
+/// user + system CPU seconds of this process, all threads.
+fn self_cpu_seconds() -> Option<f64> {
+    ticks(&proc_stat("self")?, &[11, 12])
+}
+
+/// user + system CPU seconds of this process's children: those reaped (cutime + cstime) and
+/// those still running (their own utime + stime, plus what their reaped children used: a PHP
+/// runner's forked job children).
+fn children_cpu_seconds() -> Option<f64> {
+    let me = std::process::id().to_string();
+    let mut sum = ticks(&proc_stat("self")?, &[13, 14])?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(fields) = proc_stat(pid) {
+            if fields.get(1).map(String::as_str) == Some(me.as_str()) {
+                sum += ticks(&fields, &[11, 12, 13, 14]).unwrap_or(0.0);
+            }
+        }
+    }
+    Some(sum)
+}
+
+/// user + system CPU seconds of redis-server (INFO cpu).
+async fn redis_cpu_seconds(conn: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some(field("used_cpu_user:")? + field("used_cpu_sys:")?)
 }
 
 fn percentiles(mut v: Vec<f64>) -> Percentiles {
@@ -224,6 +297,12 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         &config,
         opts.handler != BenchHandler::InProcess,
     )?;
+    let cpu_before = (
+        Instant::now(),
+        self_cpu_seconds(),
+        children_cpu_seconds(),
+        redis_cpu_seconds(&mut conn).await,
+    );
     let before = commands_processed(&mut conn).await?;
     let (tx, rx) = mpsc::channel(4);
     let supervisor = Supervisor::new(config.clone()).handle("*", Arc::new(routed));
@@ -243,6 +322,25 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         .unwrap_or_else(Instant::now);
     let seconds = first.elapsed().as_secs_f64();
     let after = commands_processed(&mut conn).await?;
+    let drain_cpu = match (
+        cpu_before,
+        self_cpu_seconds(),
+        children_cpu_seconds(),
+        redis_cpu_seconds(&mut conn).await,
+    ) {
+        ((t0, Some(r0), Some(c0), Some(s0)), Some(r1), Some(c1), Some(s1)) => {
+            let wall = t0.elapsed().as_secs_f64().max(1e-9);
+            Some(DrainCpu {
+                seconds: wall,
+                resque_cpu_seconds: r1 - r0,
+                children_cpu_seconds: c1 - c0,
+                redis_cpu_seconds: s1 - s0,
+                resque_cores: (r1 - r0) / wall,
+                redis_cores: (s1 - s0) / wall,
+            })
+        }
+        _ => None,
+    };
     // The INFO call of ours in between counts too: subtract it.
     let per_job = (after.saturating_sub(before).saturating_sub(1)) as f64 / opts.jobs.max(1) as f64;
 
@@ -310,6 +408,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
         idle_commands_per_second_per_worker: idle,
         rss_mib: rss_mib("VmRSS:"),
         peak_rss_mib: rss_mib("VmHWM:"),
+        drain_cpu,
     };
     let _ = tx.send(Command::Stop { graceful: true }).await;
     let _ = task.await;
