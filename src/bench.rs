@@ -421,14 +421,29 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     if !scan.is_empty() {
         let _: () = redis::cmd("DEL").arg(&scan).query_async(&mut conn).await?;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
 }
 
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+/// The benchmark's scratch directory (PHP bootstrap, config), removed however the run ends.
+struct ScratchDir(std::path::PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<ScratchDir> {
     let dir = std::env::temp_dir().join(format!("resque-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(ScratchDir(dir))
 }
 
 /// Routes every job through the probe, then to the handler the configuration names.

@@ -639,6 +639,10 @@ fn build_redis(
         settings = settings.set_password(pass);
     }
     info = info.set_redis_settings(settings);
+    // Workers share connections: without TCP_NODELAY one worker's command waits behind
+    // another's for the ACK (Nagle), a round trip per job more over a real network.
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    info = info.set_tcp_settings(tcp);
     let display = format!("{display} db {}", info.redis_settings().db());
     Ok(RedisConfig {
         connection: info,

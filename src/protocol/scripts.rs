@@ -120,11 +120,11 @@ if KEYS[8] and redis.call('SET', KEYS[8], ARGV[3], 'XX') then
 end
 if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[5], ARGV[2])
-  redis.call('INCRBY', KEYS[6], 1)
-  redis.call('INCRBY', KEYS[7], 1)
+  redis.call('INCRBY', KEYS[6], '1')
+  redis.call('INCRBY', KEYS[7], '1')
 end
-redis.call('INCRBY', KEYS[3], 1)
-redis.call('INCRBY', KEYS[4], 1)
+redis.call('INCRBY', KEYS[3], '1')
+redis.call('INCRBY', KEYS[4], '1')
 redis.call('DEL', KEYS[2])
 return 1
 "#;
