@@ -242,7 +242,8 @@ if [ -z "$NS" ] || ! "${IN[@]}" tc qdisc add dev lo root netem delay 500us 2>"$T
 fi
 NS_REDIS_PID="$(start_redis "$TMP/redis-ns" "$RTT_PORT" "${IN[@]}")"
 ping_rtt_us() { # ping_rtt_us PORT: mean round trip of PING with one client, µs
-  "${IN[@]}" redis-benchmark -p "$1" -c 1 -n "$2" -t ping --csv | tail -n 1 |
+  # redis-benchmark retries a refused connection forever: bound it.
+  "${IN[@]}" timeout 60 redis-benchmark -p "$1" -c 1 -n "$2" -t ping --csv | tail -n 1 |
     awk -F'"' '{ printf "%.0f", 1e6 / $4 }'
 }
 BASE_RTT="$(ping_rtt_us "$RTT_PORT" 2000)"
@@ -251,13 +252,22 @@ ONE_WAY=500
 if [ "$DELAY" = proxy ]; then
   # Calibrate: the proxy's own cost and timer overshoot count into the delay, so that the
   # measured RTT is the base RTT + 1 ms, as netem's would be.
-  for _ in 1 2; do
+  start_proxy() {
     "${IN[@]}" "$TMP/delay_proxy" "$PROXY_PORT" "$RTT_PORT" "$ONE_WAY" &
     PROXY_PID=$!
-    sleep 0.3
+    for _ in $(seq 100); do
+      "${IN[@]}" redis-cli -p "$PROXY_PORT" ping >/dev/null 2>&1 && break
+      sleep 0.05
+    done
+    "${IN[@]}" redis-cli -p "$PROXY_PORT" ping >/dev/null 2>&1 ||
+      { echo "bench: the delay proxy did not come up on port $PROXY_PORT" >&2; exit 1; }
+  }
+  for attempt in 1 2 3; do
+    start_proxy
     rtt="$(ping_rtt_us "$PROXY_PORT" 500)"
     excess=$((rtt - BASE_RTT - 1000))
-    if [ "${excess#-}" -le 20 ]; then break; fi
+    # Keep the last proxy running even if it is not within 20 µs: the RTT is measured below.
+    if [ "${excess#-}" -le 20 ] || [ "$attempt" = 3 ]; then break; fi
     kill "$PROXY_PID"
     wait "$PROXY_PID" 2>/dev/null || true
     ONE_WAY=$((ONE_WAY - excess / 2))
