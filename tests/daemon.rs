@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{resque, run, stderr, stdout, wait_for, write_config, Daemon, RedisServer};
+use common::{
+    done_ids, resque, run, status_of, stderr, stdout, wait_for, write_config, Daemon, RedisServer,
+};
 use nix::sys::signal::Signal;
 use redis::Commands;
 use std::collections::HashMap;
@@ -51,23 +53,6 @@ fn enqueue(config: &Path, queue: &str, class: &str, args: &str) -> String {
     let o = run(resque(config).args(["enqueue", queue, class, args, "--track"]));
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o).trim().to_string()
-}
-
-fn done_ids(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("done"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn status_of(redis: &RedisServer, id: &str) -> Option<i64> {
-    let text: Option<String> = redis.conn().get(format!("resque:job:{id}:status")).unwrap();
-    text.map(|t| {
-        serde_json::from_str::<serde_json::Value>(&t).unwrap()["status"]
-            .as_i64()
-            .unwrap()
-    })
 }
 
 struct NotifyListener {

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{resque, run, stderr, stdout, wait_for, write_config, Daemon, RedisServer};
+use common::{
+    done_ids, resque, run, status_of, stderr, stdout, wait_for, write_config, Daemon, RedisServer,
+};
 use nix::sys::signal::Signal;
 use redis::Commands;
 use serde_json::{json, Value};
@@ -146,23 +148,6 @@ fn raw_command(port: u16, args: &[&str]) -> String {
     BufReader::new(stream).read_line(&mut line).unwrap();
     assert!(!line.starts_with('-'), "{args:?}: {line}");
     line
-}
-
-fn done_ids(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("done"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn status_of(redis: &RedisServer, id: &str) -> Option<i64> {
-    let text: Option<String> = redis.conn().get(format!("resque:job:{id}:status")).unwrap();
-    text.map(|t| {
-        serde_json::from_str::<Value>(&t).unwrap()["status"]
-            .as_i64()
-            .unwrap()
-    })
 }
 
 fn status_ttl(redis: &RedisServer, id: &str) -> i64 {

@@ -207,6 +207,26 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
+/// Job ids the test handlers appended to `<dir>/done`, in order.
+pub fn done_ids(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("done"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The php-resque status code of a job (`resque:job:<id>:status`), if tracked.
+pub fn status_of(redis: &RedisServer, id: &str) -> Option<i64> {
+    use redis::Commands;
+    let text: Option<String> = redis.conn().get(format!("resque:job:{id}:status")).unwrap();
+    text.map(|t| {
+        serde_json::from_str::<serde_json::Value>(&t).unwrap()["status"]
+            .as_i64()
+            .unwrap()
+    })
+}
+
 /// The shared fixtures recorded from real implementations.
 pub fn fixtures() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
