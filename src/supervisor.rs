@@ -293,7 +293,7 @@ impl Supervisor {
         self.recover(&mut conn, &config, &HashSet::new()).await;
         let mut pool = self.start_pool(&config, handlers, stats.clone());
         let mut retired: Vec<Slot> = Vec::new();
-        self.scale(&config, &mut pool, control).await;
+        self.scale(&config, &mut pool, &mut retired, control).await;
 
         let mut last_status = self.snapshot(&pool, &stats, control);
         self.notifier.ready(&last_status.text());
@@ -387,7 +387,7 @@ impl Supervisor {
                         }
                     }
                     if pool.slots.len() < config.worker.count as usize {
-                        self.scale(&config, &mut pool, control).await;
+                        self.scale(&config, &mut pool, &mut retired, control).await;
                     } else {
                         restart_backoff = Duration::from_millis(100);
                     }
@@ -433,11 +433,21 @@ impl Supervisor {
     }
 
     /// Starts or drains workers until the pool has `count`.
-    async fn scale(&self, config: &Config, pool: &mut Pool, control: Control) {
+    /// Workers beyond the count drain: they finish their job and exit; they are kept among the
+    /// retired until then (dropping their control channel would abort the job in hand).
+    async fn scale(
+        &self,
+        config: &Config,
+        pool: &mut Pool,
+        retired: &mut Vec<Slot>,
+        control: Control,
+    ) {
         let want = config.worker.count as usize;
+        pool.shared.wake.set_workers(want);
         while pool.slots.len() > want {
             if let Some(slot) = pool.slots.pop() {
                 slot.control.send_modify(|c| c.mode = Mode::Drain);
+                retired.push(slot);
             }
         }
         while pool.slots.len() < want {
@@ -487,10 +497,10 @@ impl Supervisor {
                 retired.push(slot);
             }
             *config = new;
-            self.scale(config, pool, control).await;
+            self.scale(config, pool, retired, control).await;
         } else {
             *config = new;
-            self.scale(config, pool, control).await;
+            self.scale(config, pool, retired, control).await;
         }
         Ok(())
     }

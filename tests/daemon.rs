@@ -18,14 +18,18 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn exec_config(redis: &RedisServer, dir: &Path, worker: &str) -> std::path::PathBuf {
     // Sleep: sleeps args[0].sleep seconds, then records its id; Record: records its id.
     let sleep = dir.join("sleep.sh");
+    // Written aside and renamed: tests rewrite the config (and so this script) while jobs run,
+    // and a job must never start an empty, half-written script.
+    let draft = dir.join("sleep.sh.new");
     std::fs::write(
-        &sleep,
+        &draft,
         format!(
             "payload=$(cat)\nn=$(printf '%s' \"$payload\" | sed -n 's/.*\"sleep\":\\([0-9.]*\\).*/\\1/p')\nsleep \"${{n:-0}}\"\necho \"$RESQUE_JOB_ID\" >> {dir}/done\n",
             dir = dir.display()
         ),
     )
     .unwrap();
+    std::fs::rename(&draft, &sleep).unwrap();
     write_config(
         dir,
         &format!(
@@ -332,9 +336,50 @@ fn reload_scales_and_changes_queues_under_load_without_losing_or_repeating_jobs(
     for _ in 0..50 {
         ids.push(enqueue(&config, "b", "Sleep", r#"{"sleep":0.01}"#));
     }
-    wait_for("every job done", Duration::from_secs(120), || {
-        (done_ids(dir.path()).len() >= ids.len()).then_some(())
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done_ids(dir.path()).len() < ids.len() {
+        if Instant::now() > deadline {
+            let mut c = redis.conn();
+            let keys: Vec<String> = c.keys("resque:*").unwrap();
+            let mut state = String::new();
+            for k in keys {
+                let t: String = redis::cmd("TYPE").arg(&k).query(&mut c).unwrap();
+                let v = match t.as_str() {
+                    "list" => format!("{:?}", c.lrange::<_, Vec<String>>(&k, 0, -1).unwrap()),
+                    "set" => format!("{:?}", c.smembers::<_, Vec<String>>(&k).unwrap()),
+                    "hash" => format!("{:?}", c.hgetall::<_, Vec<String>>(&k).unwrap()),
+                    _ => String::new(),
+                };
+                if !k.contains(":status") {
+                    state.push_str(&format!(
+                        "{k} {t} {}\n",
+                        v.chars().take(400).collect::<String>()
+                    ));
+                }
+            }
+            let done = done_ids(dir.path());
+            let missing: Vec<(&String, Option<i64>)> = ids
+                .iter()
+                .filter(|id| !done.contains(id))
+                .map(|id| (id, status_of(&redis, id)))
+                .collect();
+            let log = daemon.log_text();
+            let about: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    missing.iter().any(|(id, _)| l.contains(id.as_str()))
+                        || !l.contains("job complete")
+                })
+                .collect();
+            panic!(
+                "{} of {} jobs done; missing (id, status): {missing:?}; Redis:\n{state}\nlog lines about them and not about completions:\n{}",
+                done.len(),
+                ids.len(),
+                about.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Give a stray duplicate the chance to show up before counting.
     std::thread::sleep(Duration::from_millis(300));
     let done = done_ids(dir.path());
@@ -351,6 +396,12 @@ fn reload_scales_and_changes_queues_under_load_without_losing_or_repeating_jobs(
         );
     }
     assert_eq!(done.len(), ids.len());
+    // Workers removed by a reload drain: none of their jobs was interrupted and re-run.
+    assert!(
+        !daemon.log_text().contains("interrupted"),
+        "a reload interrupted a running job:\n{}",
+        daemon.log_text()
+    );
     wait_for("3 workers", LIMIT, || (workers(&redis) == 3).then_some(()));
 }
 
