@@ -323,17 +323,17 @@ impl Supervisor {
                     Some(Command::Stop { graceful }) => break graceful,
                     Some(Command::Pause) => {
                         control.paused = true;
-                        self.broadcast(&pool, control);
+                        self.broadcast(&pool, &retired, control);
                         info!("paused: no new jobs are reserved");
                     }
                     Some(Command::Resume) => {
                         control.paused = false;
-                        self.broadcast(&pool, control);
+                        self.broadcast(&pool, &retired, control);
                         info!("resumed");
                     }
                     Some(Command::KillJobs) => {
                         control.kill_epoch += 1;
-                        self.broadcast(&pool, control);
+                        self.broadcast(&pool, &retired, control);
                         info!("killing running jobs");
                     }
                     Some(Command::Reload(reply)) => {
@@ -416,8 +416,9 @@ impl Supervisor {
         }
     }
 
-    fn broadcast(&self, pool: &Pool, control: Control) {
-        for slot in &pool.slots {
+    /// Pause/resume and USR1 reach every worker, draining ones included.
+    fn broadcast(&self, pool: &Pool, retired: &[Slot], control: Control) {
+        for slot in pool.slots.iter().chain(retired) {
             slot.control.send_modify(|c| {
                 c.paused = control.paused;
                 c.kill_epoch = control.kill_epoch;
