@@ -260,14 +260,7 @@ fn pause_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let config = exec_config(&redis, dir.path(), "queues = [\"default\"]");
     let daemon = Daemon::start(&config, &[]);
-    wait_for("control socket", LIMIT, || {
-        daemon
-            .runtime
-            .path()
-            .join("control.sock")
-            .exists()
-            .then_some(())
-    });
+    daemon.wait_control_socket();
     let o = daemon.ctl(&["pause"]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Wait until the pause has reached the workers (they re-read control before reserving).
@@ -300,14 +293,7 @@ fn reload_scales_and_changes_queues_under_load_without_losing_or_repeating_jobs(
     let dir = tempfile::tempdir().unwrap();
     let config = exec_config(&redis, dir.path(), "queues = [\"a\"]\ncount = 2");
     let daemon = Daemon::start(&config, &[]);
-    wait_for("control socket", LIMIT, || {
-        daemon
-            .runtime
-            .path()
-            .join("control.sock")
-            .exists()
-            .then_some(())
-    });
+    daemon.wait_control_socket();
     let mut ids = Vec::new();
     for _ in 0..150 {
         ids.push(enqueue(&config, "a", "Sleep", r#"{"sleep":0.01}"#));
@@ -411,14 +397,7 @@ fn an_invalid_config_on_reload_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = exec_config(&redis, dir.path(), "queues = [\"default\"]\ncount = 2");
     let daemon = Daemon::start(&config, &[]);
-    wait_for("control socket", LIMIT, || {
-        daemon
-            .runtime
-            .path()
-            .join("control.sock")
-            .exists()
-            .then_some(())
-    });
+    daemon.wait_control_socket();
     std::fs::write(&config, "[worker]\ncount = 0\n").unwrap();
     let o = daemon.ctl(&["reload", "--wait"]);
     assert_eq!(o.status.code(), Some(1));

@@ -43,18 +43,7 @@ impl Handler for Flaky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_task_is_restarted_and_its_job_recovered() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = resque::config::from_str(
-        &format!(
-            "[redis]\nurl = \"{}\"\n[worker]\nqueues = [\"default\"]\n",
-            redis.url()
-        ),
-        &dir.path().join("resque.toml"),
-        None,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let config = common::library_config(&redis, "queues = [\"default\"]");
     let flaky = Arc::new(Flaky {
         runs: AtomicUsize::new(0),
         completed: AtomicUsize::new(0),

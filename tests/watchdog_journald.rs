@@ -26,17 +26,7 @@ async fn no_watchdog_while_a_worker_slot_is_wedged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&path).unwrap();
-    let config = resque::config::from_str(
-        &format!(
-            "[redis]\nurl = \"{}\"\n[worker]\nqueues = [\"default\"]\n",
-            redis.url()
-        ),
-        &dir.path().join("resque.toml"),
-        None,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let config = common::library_config(&redis, "queues = [\"default\"]");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let supervisor = Supervisor::new(config.clone())
         .notifier(Notifier::new(

@@ -1073,14 +1073,7 @@ fn a_job_enqueued_by_php_resque_code_runs_and_completes() {
     // TP3 writes the WAITING status after the RPUSH; a worker faster than that finds the job
     // untracked and the status then stays 1 for good (protocol.md §4). That race is php-resque's,
     // not ours: hold the workers while the script runs.
-    wait_for("control socket", LIMIT, || {
-        daemon
-            .runtime
-            .path()
-            .join("control.sock")
-            .exists()
-            .then_some(())
-    });
+    daemon.wait_control_socket();
     let o = daemon.ctl(&["pause"]);
     assert!(o.status.success(), "{}", stderr(&o));
     std::thread::sleep(Duration::from_millis(300));
@@ -1184,14 +1177,7 @@ fn higher_priority_queue_is_served_first() {
     );
     let daemon = Daemon::start(&config, &[]);
     wait_workers(&redis, daemon.pid(), 1);
-    wait_for("control socket", LIMIT, || {
-        daemon
-            .runtime
-            .path()
-            .join("control.sock")
-            .exists()
-            .then_some(())
-    });
+    daemon.wait_control_socket();
     let o = daemon.ctl(&["pause"]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Let the pause reach the worker (it re-reads its control before reserving).

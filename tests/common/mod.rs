@@ -227,6 +227,19 @@ pub fn status_of(redis: &RedisServer, id: &str) -> Option<i64> {
     })
 }
 
+/// A configuration for library-level tests: this Redis, the given `[worker]` lines.
+pub fn library_config(redis: &RedisServer, worker: &str) -> resque::Config {
+    let text = format!("[redis]\nurl = \"{}\"\n[worker]\n{worker}\n", redis.url());
+    resque::config::from_str(
+        &text,
+        Path::new("/test/resque.toml"),
+        None,
+        &Default::default(),
+        &Default::default(),
+    )
+    .expect("test configuration")
+}
+
 /// The shared fixtures recorded from real implementations.
 pub fn fixtures() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -297,6 +310,14 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the daemon serves its control socket (then `ctl` reaches it).
+    pub fn wait_control_socket(&self) {
+        let socket = self.runtime.path().join("control.sock");
+        wait_for("control socket", Duration::from_secs(30), || {
+            socket.exists().then_some(())
+        });
     }
 
     /// A control command (`stop`, `reload`, …) run against this daemon.
