@@ -140,7 +140,7 @@ pub struct StartArgs {
     /// Number of workers (COUNT).
     #[arg(long, value_name = "N")]
     pub count: Option<String>,
-    /// Seconds between safety polls of idle workers (INTERVAL); jobs start at once anyway.
+    /// Seconds between looks at the queues while Redis cannot notify (INTERVAL); jobs start at once anyway.
     #[arg(long, value_name = "SECONDS")]
     pub interval: Option<String>,
     /// PID file (PIDFILE).
