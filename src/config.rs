@@ -641,7 +641,19 @@ fn build_redis(
     info = info.set_redis_settings(settings);
     // Workers share connections: without TCP_NODELAY one worker's command waits behind
     // another's for the ACK (Nagle), a round trip per job more over a real network.
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    // A connection that half-opened (a NAT forgot it, the Redis host lost power) must be
+    // noticed by the kernel too, not only by our timeouts: keepalive probes on idle sockets and
+    // TCP_USER_TIMEOUT on sockets with unacknowledged data.
+    let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    let tcp = info
+        .tcp_settings()
+        .clone()
+        .set_nodelay(true)
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(20));
     info = info.set_tcp_settings(tcp);
     let display = format!("{display} db {}", info.redis_settings().db());
     Ok(RedisConfig {

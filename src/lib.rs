@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod handler;
 pub mod logging;

@@ -1,21 +1,24 @@
 //! The supervisor: keeps COUNT workers alive, tells systemd how things are, applies reloads and
 //! drives shutdown.
 //!
-//! One loop owns everything. Workers are tasks, one per slot, each with its own Redis connection,
-//! a `watch` channel for commands and a tick counter the watchdog reads. A worker task that ends
-//! while it should be running (a panic, a bug) has its job put back and is restarted with
-//! backoff. Shutdown: stop reserving, let jobs finish within `shutdown_timeout`, then abort them
-//! (they go back to their queues), unregister, exit.
+//! One loop owns everything, and it never waits for Redis: it feeds the watchdog, so a Redis
+//! stall must not look like a hung daemon. Workers are tasks, one per slot, sharing reconnecting
+//! connections, each with a `watch` channel for commands and a tick counter the watchdog reads;
+//! they register themselves. Heartbeat and recovery run in their own task ([`Upkeep`]). A worker
+//! task that ends while it should be running (a panic, a bug) has its job put back and is
+//! restarted with backoff. Shutdown: stop reserving, let jobs finish within `shutdown_timeout`,
+//! then abort them (they go back to their queues), unregister, exit.
 
 use crate::config::{Config, ConfigError, HandlerKind, LogLevel};
+use crate::connection::{Connection, Health};
 use crate::handler::{exec::ExecHandler, php::PhpHandler, Handler, HandlerMap};
-use crate::protocol::{commands, resque_time, scripts, WorkerId};
+use crate::protocol::{commands, resque_time, WorkerId};
 use crate::systemd::Notifier;
 use crate::worker::recovery::{self, RecoveryContext};
 use crate::worker::{monotonic_secs, wakeup, Control, Mode, PoolStats, Shared, Worker};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -42,8 +45,13 @@ pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Syn
 /// Ruby resque's workers beat every 60 s and prune after 5 min; we beat well within that.
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const RECOVERY: Duration = Duration::from_secs(60);
-/// A slot that has not ticked for this long is wedged: the watchdog stops being fed.
-const WEDGED_AFTER_SECS: u64 = 5;
+/// A slot that has not ticked for this long is wedged: the watchdog stops being fed. Workers
+/// tick every second even while they wait for Redis, so this only has to cover one command's
+/// worst case (connect + response timeout) with room to spare.
+fn wedged_after_secs(config: &Config) -> u64 {
+    let redis = config.redis.connect_timeout + config.redis.command_timeout;
+    (redis.as_secs() + 5).max(10)
+}
 
 /// How many Redis connections the workers of a pool share.
 const SHARED_CONNECTIONS: usize = 2;
@@ -65,6 +73,7 @@ struct Slot {
     id: String,
     control: watch::Sender<Control>,
     tick: Arc<AtomicU64>,
+    registered: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -74,32 +83,54 @@ struct Pool {
     slots: Vec<Slot>,
     /// Connections the workers share (round-robin). Workers never block in Redis, so sharing
     /// lets concurrent workers' commands go out in one write and come back in one read.
-    conns: Vec<redis::aio::ConnectionManager>,
+    conns: Vec<Connection>,
+    /// The configured count.
+    wanted: usize,
     wake_stop: Arc<Notify>,
     wake_task: JoinHandle<()>,
+}
+
+/// Heartbeat and recovery, in their own task with their own connection, so that neither can
+/// hold up the supervisor's loop while Redis is slow.
+struct Upkeep {
+    stop: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Upkeep {
+    fn stop(self) {
+        self.stop.notify_one();
+        self.task.abort();
+    }
 }
 
 /// Short description for STATUS= and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snapshot {
+    /// Workers registered in Redis, and how many there should be.
     workers: usize,
+    wanted: usize,
     busy: usize,
     processed: u64,
     failed: u64,
     paused: bool,
-    redis_ok: bool,
+    redis: String,
 }
 
 impl Snapshot {
     fn text(&self) -> String {
+        let workers = if self.workers == self.wanted {
+            format!("{} workers", self.workers)
+        } else {
+            format!("{} of {} workers", self.workers, self.wanted)
+        };
         format!(
-            "{} workers, {} busy{}; processed {}, failed {}; Redis {}",
-            self.workers,
+            "{workers}, {} busy{}; processed {}, failed {}; Redis {}",
             self.busy,
             if self.paused { ", paused" } else { "" },
             self.processed,
             self.failed,
-            if self.redis_ok { "ok" } else { "unreachable" }
+            self.redis
         )
     }
 }
@@ -160,27 +191,13 @@ impl Supervisor {
         Ok(map)
     }
 
-    async fn connect(config: &Config) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
-        let client = config.redis.client()?;
-        let settings = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.redis.connect_timeout))
-            .set_response_timeout(Some(config.redis.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let mut conn = redis::aio::ConnectionManager::new_with_config(client, settings).await?;
-        // Lua scripts are loaded here once, so the first job does not pay for it.
-        for script in [
-            &*scripts::RESERVE,
-            &*scripts::REQUEUE,
-            &*scripts::COUNT_LOSS,
-            &*scripts::FINISH,
-        ] {
-            script.load_async(&mut conn).await?;
-        }
-        Ok(conn)
-    }
-
-    fn start_pool(&self, config: &Config, handlers: HandlerMap, stats: Arc<PoolStats>) -> Pool {
+    fn start_pool(
+        &self,
+        config: &Config,
+        handlers: HandlerMap,
+        stats: Arc<PoolStats>,
+        health: &Arc<Health>,
+    ) -> Pool {
         let shared = Arc::new(Shared {
             keys: config.redis.keys(),
             queues: config.worker.queues.clone(),
@@ -198,10 +215,14 @@ impl Supervisor {
             wake_stop.clone(),
             config.worker.interval,
         ));
+        let conns = (0..SHARED_CONNECTIONS)
+            .map(|_| Connection::new(&config.redis, health.clone()))
+            .collect();
         Pool {
             shared,
             slots: Vec::new(),
-            conns: Vec::new(),
+            conns,
+            wanted: config.worker.count as usize,
             wake_stop,
             wake_task,
         }
@@ -216,42 +237,69 @@ impl Supervisor {
         }
     }
 
-    /// Starts one worker in the pool (connecting first).
-    async fn spawn_slot(
-        &self,
-        config: &Config,
-        pool: &mut Pool,
-        control: Control,
-    ) -> Result<Slot, redis::RedisError> {
-        let index = pool.slots.len() % SHARED_CONNECTIONS;
-        let conn = match pool.conns.get(index) {
-            Some(conn) => conn.clone(),
-            None => {
-                let conn = Self::connect(config).await?;
-                pool.conns.push(conn.clone());
-                conn
-            }
-        };
+    /// Starts one worker in the pool. It registers itself (and retries while Redis cannot
+    /// take it), so this never waits for Redis.
+    fn spawn_slot(&self, pool: &mut Pool, control: Control) -> Slot {
+        let conn = pool.conns[pool.slots.len() % pool.conns.len()].clone();
         let id = self.new_worker_id(&pool.shared.queues);
         let id_text = id.to_string();
-        let mut reg_conn = conn.clone();
-        commands::register(
-            &pool.shared.keys,
-            std::slice::from_ref(&id_text),
-            &resque_time(),
-        )
-        .query_async::<()>(&mut reg_conn)
-        .await?;
         let tick = Arc::new(AtomicU64::new(monotonic_secs()));
+        let registered = Arc::new(AtomicBool::new(false));
         let (tx, rx) = watch::channel(control);
-        let worker = Worker::new(id, conn, pool.shared.clone(), tick.clone());
+        let worker = Worker::new(
+            id,
+            conn,
+            pool.shared.clone(),
+            tick.clone(),
+            registered.clone(),
+        );
         let task = tokio::spawn(worker.run(rx));
-        Ok(Slot {
+        Slot {
             id: id_text,
             control: tx,
             tick,
+            registered,
             task,
-        })
+        }
+    }
+
+    /// Heartbeat (every worker id in `live`) and periodic recovery, in their own task.
+    fn start_upkeep(
+        &self,
+        config: &Config,
+        live: Arc<Mutex<Vec<String>>>,
+        health: &Arc<Health>,
+    ) -> Upkeep {
+        let stop = Arc::new(Notify::new());
+        let mut conn = Connection::new(&config.redis, health.clone());
+        let config = config.clone();
+        let host = self.host.clone();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let keys = config.redis.keys();
+            let mut heartbeat = tokio::time::interval(HEARTBEAT);
+            heartbeat.tick().await;
+            let mut recovery_timer = tokio::time::interval(RECOVERY);
+            recovery_timer.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stopped.notified() => return,
+                    _ = heartbeat.tick() => {
+                        let ids = live_ids(&live);
+                        if let Err(e) = commands::register(&keys, &ids, &resque_time())
+                            .query_async::<()>(&mut conn).await
+                        {
+                            warn!(error = %e, "heartbeat failed");
+                        }
+                    }
+                    _ = recovery_timer.tick() => {
+                        let ids: HashSet<String> = live_ids(&live).into_iter().collect();
+                        recover_pass(&mut conn, &config, &host, &ids).await;
+                    }
+                }
+            }
+        });
+        Upkeep { stop, task }
     }
 
     /// Runs until stopped. `commands` carries signals and control-socket requests.
@@ -259,50 +307,35 @@ impl Supervisor {
         let mut config = self.config.clone();
         let mut control = Control::default();
         let stats = Arc::new(PoolStats::default());
+        let health = Health::new();
         let handlers = self.handler_map(&config).map_err(|e| anyhow::anyhow!(e))?;
 
         // Wait for Redis (the daemon stays up and says so).
-        let mut conn = {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match Self::connect(&config).await {
-                    Ok(conn) => break conn,
-                    Err(e) => {
-                        let text = format!("Waiting for Redis at {}: {e}", config.redis.display);
-                        warn!("{text}");
-                        self.notifier.status(&text);
-                        tokio::select! {
-                            cmd = commands.recv() => match cmd {
-                                Some(Command::Stop { .. }) | None => {
-                                    self.notifier.stopping("Stopped before Redis answered");
-                                    return Ok(());
-                                }
-                                Some(Command::Reload(Some(reply))) => {
-                                    let _ = reply.send(Err("not connected to Redis yet".into()));
-                                }
-                                Some(_) => {}
-                            },
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
+        let mut conn = Connection::new(&config.redis, health.clone());
+        let mut backoff = Duration::from_millis(200);
+        while let Err(e) = conn.check().await {
+            let text = format!("Waiting for Redis at {}: {e}", config.redis.display);
+            warn!("{text}");
+            self.notifier.status(&text);
+            if self.wait_or_stop(&mut commands, backoff).await {
+                self.notifier.stopping("Stopped before Redis answered");
+                return Ok(());
             }
-        };
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
 
-        self.recover(&mut conn, &config, &HashSet::new()).await;
-        let mut pool = self.start_pool(&config, handlers, stats.clone());
+        recover_pass(&mut conn, &config, &self.host, &HashSet::new()).await;
+        let mut pool = self.start_pool(&config, handlers, stats.clone(), &health);
         let mut retired: Vec<Slot> = Vec::new();
-        self.scale(&config, &mut pool, &mut retired, control).await;
+        self.scale(&config, &mut pool, &mut retired, control);
+        let live: Arc<Mutex<Vec<String>>> = Arc::default();
+        set_live(&live, &pool, &retired);
+        let mut upkeep = self.start_upkeep(&config, live.clone(), &health);
 
-        let mut last_status = self.snapshot(&pool, &stats, control);
-        self.notifier.ready(&last_status.text());
-        info!(
-            workers = pool.slots.len(),
-            queues = %config.worker.queues.join(","),
-            redis = %config.redis.display,
-            "resque ready"
-        );
+        // READY once the workers are registered (from the loop below): before that nothing
+        // works (Redis out of memory, read-only…), and STATUS says why.
+        let mut ready_sent = false;
+        let mut last_status = self.snapshot(&pool, &stats, control, &health);
 
         let watchdog_every = self
             .notifier
@@ -310,11 +343,12 @@ impl Supervisor {
             .map(|t| t / 2)
             .unwrap_or(Duration::from_secs(3600));
         let mut watchdog = tokio::time::interval(watchdog_every);
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let mut recovery_timer = tokio::time::interval(RECOVERY);
-        recovery_timer.tick().await;
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
         let mut restart_backoff = Duration::from_millis(100);
+        let mut restart_not_before = tokio::time::Instant::now();
+        // Since when fewer workers than wanted are registered (the watchdog is withheld if that
+        // lasts: the daemon cannot do its job and systemd should know).
+        let mut short_since: Option<tokio::time::Instant> = None;
 
         let graceful = loop {
             tokio::select! {
@@ -337,39 +371,44 @@ impl Supervisor {
                         info!("killing running jobs");
                     }
                     Some(Command::Reload(reply)) => {
-                        self.notifier.reloading();
+                        if ready_sent {
+                            self.notifier.reloading();
+                        }
                         let result = self
-                            .reload(&mut config, &mut pool, &mut retired, control, &stats)
+                            .reload(&mut config, &mut pool, &mut retired, control, &stats, &health)
                             .await;
                         match &result {
-                            Ok(()) => info!(workers = pool.slots.len(), "configuration reloaded"),
+                            Ok(redis_changed) => {
+                                if *redis_changed {
+                                    // Every connection follows: the supervisor's, heartbeat,
+                                    // registration and recovery too.
+                                    conn = Connection::new(&config.redis, health.clone());
+                                    upkeep.stop();
+                                    upkeep = self.start_upkeep(&config, live.clone(), &health);
+                                }
+                                info!(workers = pool.slots.len(), "configuration reloaded")
+                            }
                             Err(e) => error!("reload rejected, keeping the running configuration: {e}"),
                         }
-                        last_status = self.snapshot(&pool, &stats, control);
-                        self.notifier.ready(&last_status.text());
+                        last_status = self.snapshot(&pool, &stats, control, &health);
+                        if ready_sent {
+                            self.notifier.ready(&last_status.text());
+                        }
                         if let Some(reply) = reply {
-                            let _ = reply.send(result);
+                            let _ = reply.send(result.map(|_| ()));
                         }
                     }
                 },
-                _ = watchdog.tick() => {
-                    if self.all_ticking(&pool) {
-                        self.notifier.watchdog();
-                    } else {
+                _ = watchdog.tick(), if ready_sent => {
+                    let short_too_long = short_since
+                        .is_some_and(|t| t.elapsed() > watchdog_every * 4);
+                    if !self.all_ticking(&pool, &config) {
                         warn!("a worker is not responding; withholding the watchdog ping");
+                    } else if short_too_long {
+                        warn!("fewer workers than configured are running; withholding the watchdog ping");
+                    } else {
+                        self.notifier.watchdog();
                     }
-                }
-                _ = heartbeat.tick() => {
-                    let ids: Vec<String> = pool.slots.iter().chain(retired.iter()).map(|s| s.id.clone()).collect();
-                    if let Err(e) = commands::register(&pool.shared.keys, &ids, &resque_time())
-                        .query_async::<()>(&mut conn).await
-                    {
-                        warn!(error = %e, "heartbeat failed");
-                    }
-                }
-                _ = recovery_timer.tick() => {
-                    let live: HashSet<String> = pool.slots.iter().chain(retired.iter()).map(|s| s.id.clone()).collect();
-                    self.recover(&mut conn, &config, &live).await;
                 }
                 _ = housekeeping.tick() => {
                     retired.retain(|s| !s.task.is_finished());
@@ -379,21 +418,47 @@ impl Supervisor {
                         if pool.slots[i].task.is_finished() {
                             let dead = pool.slots.remove(i);
                             error!(worker = %dead.id, "worker ended unexpectedly; recovering its job and restarting it");
-                            self.recover_own(&mut conn, &pool, &dead.id).await;
-                            tokio::time::sleep(restart_backoff).await;
+                            tokio::spawn(recover_own(conn.clone(), pool.shared.keys.clone(), dead.id));
+                            restart_not_before = tokio::time::Instant::now() + restart_backoff;
                             restart_backoff = (restart_backoff * 2).min(Duration::from_secs(10));
                         } else {
                             i += 1;
                         }
                     }
                     if pool.slots.len() < config.worker.count as usize {
-                        self.scale(&config, &mut pool, &mut retired, control).await;
+                        if tokio::time::Instant::now() >= restart_not_before {
+                            self.scale(&config, &mut pool, &mut retired, control);
+                        }
                     } else {
                         restart_backoff = Duration::from_millis(100);
                     }
-                    let now = self.snapshot(&pool, &stats, control);
-                    if now != last_status {
-                        self.notifier.status(&now.text());
+                    set_live(&live, &pool, &retired);
+                    let now = self.snapshot(&pool, &stats, control, &health);
+                    if now.workers < now.wanted {
+                        short_since.get_or_insert_with(tokio::time::Instant::now);
+                    } else {
+                        short_since = None;
+                    }
+                    if !ready_sent && now.workers == now.wanted {
+                        ready_sent = true;
+                        self.notifier.ready(&now.text());
+                        info!(
+                            workers = now.workers,
+                            queues = %config.worker.queues.join(","),
+                            redis = %config.redis.display,
+                            "resque ready: {} workers on queues {}, Redis at {}",
+                            now.workers,
+                            config.worker.queues.join(","),
+                            config.redis.display
+                        );
+                        last_status = now;
+                    } else if now != last_status {
+                        let text = if ready_sent {
+                            now.text()
+                        } else {
+                            format!("Waiting for Redis at {} to take the workers: {}", config.redis.display, now.text())
+                        };
+                        self.notifier.status(&text);
                         last_status = now;
                     }
                 }
@@ -402,17 +467,47 @@ impl Supervisor {
 
         self.shutdown(&config, pool, retired, graceful, &mut commands, &stats)
             .await;
+        upkeep.stop();
         Ok(())
     }
 
-    fn snapshot(&self, pool: &Pool, stats: &PoolStats, control: Control) -> Snapshot {
+    /// Waits `limit` for a stop request (true) while answering the others; for the phases
+    /// before READY.
+    async fn wait_or_stop(&self, commands: &mut mpsc::Receiver<Command>, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Stop { .. }) | None => return true,
+                    Some(Command::Reload(Some(reply))) => {
+                        let _ = reply.send(Err("not connected to Redis yet".into()));
+                    }
+                    Some(_) => {}
+                },
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
+    fn snapshot(
+        &self,
+        pool: &Pool,
+        stats: &PoolStats,
+        control: Control,
+        health: &Health,
+    ) -> Snapshot {
         Snapshot {
-            workers: pool.slots.len(),
+            workers: pool
+                .slots
+                .iter()
+                .filter(|s| s.registered.load(Ordering::Relaxed))
+                .count(),
+            wanted: pool.wanted,
             busy: stats.busy.load(Ordering::Relaxed),
             processed: stats.processed.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
             paused: control.paused,
-            redis_ok: stats.redis_errors.load(Ordering::Relaxed) == 0,
+            redis: health.text(),
         }
     }
 
@@ -426,24 +521,20 @@ impl Supervisor {
         }
     }
 
-    fn all_ticking(&self, pool: &Pool) -> bool {
+    fn all_ticking(&self, pool: &Pool, config: &Config) -> bool {
         let now = monotonic_secs();
+        let limit = wedged_after_secs(config);
         pool.slots
             .iter()
-            .all(|s| now.saturating_sub(s.tick.load(Ordering::Relaxed)) <= WEDGED_AFTER_SECS)
+            .all(|s| now.saturating_sub(s.tick.load(Ordering::Relaxed)) <= limit)
     }
 
     /// Starts or drains workers until the pool has `count`.
     /// Workers beyond the count drain: they finish their job and exit; they are kept among the
     /// retired until then (dropping their control channel would abort the job in hand).
-    async fn scale(
-        &self,
-        config: &Config,
-        pool: &mut Pool,
-        retired: &mut Vec<Slot>,
-        control: Control,
-    ) {
+    fn scale(&self, config: &Config, pool: &mut Pool, retired: &mut Vec<Slot>, control: Control) {
         let want = config.worker.count as usize;
+        pool.wanted = want;
         pool.shared.wake.set_workers(want);
         while pool.slots.len() > want {
             if let Some(slot) = pool.slots.pop() {
@@ -452,20 +543,13 @@ impl Supervisor {
             }
         }
         while pool.slots.len() < want {
-            match self.spawn_slot(config, &mut *pool, control).await {
-                Ok(slot) => pool.slots.push(slot),
-                Err(e) => {
-                    pool.shared
-                        .stats
-                        .redis_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "cannot start a worker; will retry");
-                    break;
-                }
-            }
+            let slot = self.spawn_slot(pool, control);
+            pool.slots.push(slot);
         }
     }
 
+    /// Applies a new configuration, all or nothing. Returns whether the Redis settings changed
+    /// (the caller moves its own connections over).
     async fn reload(
         &self,
         config: &mut Config,
@@ -473,99 +557,58 @@ impl Supervisor {
         retired: &mut Vec<Slot>,
         control: Control,
         stats: &Arc<PoolStats>,
-    ) -> Result<(), String> {
+        health: &Arc<Health>,
+    ) -> Result<bool, String> {
         let new = match &self.loader {
             Some(load) => load().map_err(|e| e.to_string())?,
             None => config.clone(),
         };
         let handlers = self.handler_map(&new)?;
+        let redis_changed = new.redis != config.redis;
+        if redis_changed {
+            // Check the new server before anything stops: connected, scripts loaded, a command
+            // answered. On failure the old workers go on as they were.
+            let probe = Connection::new(&new.redis, Health::new());
+            let limit = new.redis.connect_timeout + new.redis.command_timeout;
+            match tokio::time::timeout(limit, probe.check()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "cannot use the new Redis at {}: {e}",
+                        new.redis.display
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "cannot use the new Redis at {}: no answer within {limit:?}",
+                        new.redis.display
+                    ))
+                }
+            }
+        }
         if new.worker.log_level != config.worker.log_level {
             if let Some(set) = &self.on_log_level {
                 set(new.worker.log_level);
             }
         }
-        let restart = new.redis != config.redis
+        let restart = redis_changed
             || new.worker.queues != config.worker.queues
             || new.worker.interval != config.worker.interval
             || new.handlers != config.handlers;
         if restart {
             // Drain the old workers (their jobs finish and are recorded) and start new ones;
             // every job is reserved by exactly one worker, so none runs twice or is lost.
-            let old = std::mem::replace(pool, self.start_pool(&new, handlers, stats.clone()));
+            let fresh = self.start_pool(&new, handlers, stats.clone(), health);
+            let old = std::mem::replace(pool, fresh);
             old.wake_stop.notify_one();
             for slot in old.slots {
                 slot.control.send_modify(|c| c.mode = Mode::Drain);
                 retired.push(slot);
             }
-            *config = new;
-            self.scale(config, pool, retired, control).await;
-        } else {
-            *config = new;
-            self.scale(config, pool, retired, control).await;
         }
-        Ok(())
-    }
-
-    async fn recover(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-        config: &Config,
-        live: &HashSet<String>,
-    ) {
-        let keys = config.redis.keys();
-        let ctx = RecoveryContext {
-            keys: &keys,
-            host: &self.host,
-            live,
-            on_lost: config.worker.on_lost,
-            max_lost: config.worker.max_lost,
-            dead_after: config.worker.dead_after,
-        };
-        let owner = format!("{}:{}", self.host, std::process::id());
-        match recovery::recover(conn, &ctx, &owner).await {
-            Ok(r) if r.dead_workers > 0 => info!(
-                dead_workers = r.dead_workers,
-                requeued = r.requeued,
-                failed = r.failed,
-                "recovered jobs of dead workers"
-            ),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "recovery failed; will try again"),
-        }
-    }
-
-    /// A worker task of ours ended: put its job back and remove its records.
-    async fn recover_own(&self, conn: &mut redis::aio::ConnectionManager, pool: &Pool, id: &str) {
-        let keys = &pool.shared.keys;
-        let held: Result<Vec<String>, _> = redis::cmd("LRANGE")
-            .arg(keys.inflight(id))
-            .arg(0)
-            .arg(-1)
-            .query_async(conn)
-            .await;
-        let queue: Result<Option<String>, _> = redis::cmd("HGET")
-            .arg(keys.inflight_index())
-            .arg(id)
-            .query_async(conn)
-            .await;
-        if let (Ok(held), Ok(Some(queue))) = (held, queue) {
-            for raw in held {
-                let r: Result<i64, _> = scripts::REQUEUE
-                    .key(keys.inflight(id))
-                    .key(keys.queue(&queue))
-                    .key(keys.worker(id))
-                    .key(keys.queues())
-                    .arg(&raw)
-                    .arg(&queue)
-                    .invoke_async(conn)
-                    .await;
-                if let Err(e) = r {
-                    warn!(worker = id, error = %e, "cannot put the job back now; periodic recovery will");
-                    return;
-                }
-            }
-        }
-        let _: Result<(), _> = commands::unregister(keys, id).query_async(conn).await;
+        *config = new;
+        self.scale(config, pool, retired, control);
+        Ok(redis_changed)
     }
 
     async fn shutdown(
@@ -643,4 +686,74 @@ impl Supervisor {
             "resque stopped"
         );
     }
+}
+
+fn live_ids(live: &Mutex<Vec<String>>) -> Vec<String> {
+    live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn set_live(live: &Mutex<Vec<String>>, pool: &Pool, retired: &[Slot]) {
+    let ids = pool
+        .slots
+        .iter()
+        .chain(retired)
+        .map(|s| s.id.clone())
+        .collect();
+    *live.lock().unwrap_or_else(|p| p.into_inner()) = ids;
+}
+
+/// One recovery pass (under the shared lock), logged.
+async fn recover_pass(conn: &mut Connection, config: &Config, host: &str, live: &HashSet<String>) {
+    let keys = config.redis.keys();
+    let ctx = RecoveryContext {
+        keys: &keys,
+        host,
+        live,
+        on_lost: config.worker.on_lost,
+        max_lost: config.worker.max_lost,
+        dead_after: config.worker.dead_after,
+    };
+    let owner = format!("{host}:{}", std::process::id());
+    match recovery::recover(conn, &ctx, &owner).await {
+        Ok(r) if r.dead_workers > 0 => info!(
+            dead_workers = r.dead_workers,
+            requeued = r.requeued,
+            failed = r.failed,
+            "recovered jobs of dead workers: {} dead, {} requeued, {} failed",
+            r.dead_workers,
+            r.requeued,
+            r.failed
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "recovery failed; will try again"),
+    }
+}
+
+/// A worker task of ours ended: put its job back and remove its records.
+async fn recover_own(mut conn: Connection, keys: crate::protocol::Keys, id: String) {
+    let held: Result<Vec<Vec<u8>>, _> = redis::cmd("LRANGE")
+        .arg(keys.inflight(&id))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await;
+    let queue: Result<Option<String>, _> = redis::cmd("HGET")
+        .arg(keys.inflight_index())
+        .arg(&id)
+        .query_async(&mut conn)
+        .await;
+    if let (Ok(held), Ok(Some(queue))) = (held, queue) {
+        for raw in held {
+            let r: Result<i64, _> = commands::requeue(&keys, &id, &queue, &raw)
+                .invoke_async(&mut conn)
+                .await;
+            if !matches!(r, Ok(0 | 1)) {
+                warn!(worker = %id, "cannot put the job back now; periodic recovery will");
+                return;
+            }
+        }
+    }
+    let _: Result<(), _> = commands::unregister(&keys, &id)
+        .query_async(&mut conn)
+        .await;
 }

@@ -27,21 +27,137 @@ pub fn enqueue(keys: &Keys, queue: &str, payload: &Payload, track: bool) -> redi
     pipe
 }
 
+/// What a reservation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// A job to run: newly reserved, or (`held`) the one this worker already held, whose
+    /// reservation reply was lost.
+    Job(Reserved),
+    Empty,
+    Paused,
+}
+
+/// A job in a worker's in-flight list. `raw` is the entry's bytes as Redis holds them (maybe
+/// not even UTF-8), so the outcome can name exactly that entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    pub queue: String,
+    pub raw: Vec<u8>,
+    pub token: String,
+    pub held: bool,
+}
+
+/// A reply of the RESERVE script, with the queue keys it had to skip (wrong type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveReply {
+    pub reservation: Reservation,
+    pub skipped: Vec<String>,
+}
+
+/// The RESERVE script (EVALSHA) for one worker: see [`super::scripts::RESERVE_LUA`].
+pub fn reserve(keys: &Keys, worker_id: &str, token: &str, queues: &[String]) -> redis::Cmd {
+    let script_keys = [
+        keys.inflight(worker_id),
+        keys.inflight_index(),
+        keys.worker(worker_id),
+        keys.pause_all_workers(),
+        keys.queues(),
+        keys.inflight_tokens(),
+    ];
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(super::scripts::RESERVE.get_hash())
+        .arg(script_keys.len())
+        .arg(&script_keys[..])
+        .arg(worker_id)
+        .arg(super::resque_time())
+        .arg(super::now_unix())
+        .arg(keys.prefix())
+        .arg(token)
+        .arg(queues);
+    cmd
+}
+
+/// Reads a RESERVE reply.
+pub fn parse_reserve(reply: redis::Value) -> Result<ReserveReply, redis::RedisError> {
+    let unexpected = |what: &str| {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected reply of the reservation script",
+            what.to_string(),
+        ))
+    };
+    let items: Vec<redis::Value> = match reply {
+        redis::Value::Array(items) => items,
+        other => return Err(unexpected(&format!("{other:?}"))),
+    };
+    let text = |v: &redis::Value| -> Result<String, redis::RedisError> {
+        let bytes: Vec<u8> = redis::from_redis_value(v.clone())?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let kind = items.first().map(text).transpose()?.unwrap_or_default();
+    let (reservation, rest) = match kind.as_str() {
+        "held" | "job" if items.len() >= 4 => {
+            let reserved = Reserved {
+                queue: text(&items[1])?,
+                raw: redis::from_redis_value(items[2].clone())?,
+                token: text(&items[3])?,
+                held: kind == "held",
+            };
+            (Reservation::Job(reserved), &items[4..])
+        }
+        "empty" => (Reservation::Empty, &items[1..]),
+        "paused" => (Reservation::Paused, &items[1..]),
+        _ => return Err(unexpected(&kind)),
+    };
+    let skipped = rest.iter().map(text).collect::<Result<_, _>>()?;
+    Ok(ReserveReply {
+        reservation,
+        skipped,
+    })
+}
+
+/// Puts a held job back at the head of its queue (status back to WAITING where it exists): see
+/// [`super::scripts::REQUEUE_LUA`]. Replies 1 (back), 0 (no longer held), -1 (queue key of the
+/// wrong type: the job stays in flight).
+pub fn requeue(
+    keys: &Keys,
+    worker_id: &str,
+    queue: &str,
+    raw: &[u8],
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = super::scripts::REQUEUE.prepare_invoke();
+    invocation
+        .key(keys.inflight(worker_id))
+        .key(keys.queue(queue))
+        .key(keys.worker(worker_id))
+        .key(keys.queues())
+        .key(keys.inflight_tokens())
+        .arg(raw)
+        .arg(queue)
+        .arg(worker_id)
+        .arg(keys.prefix())
+        .arg(super::now_unix());
+    invocation
+}
+
 /// Record a finished job, atomically (one Lua script): status (only where the key exists),
 /// stats (a failed job counts as processed too, as in php-resque and Ruby resque), the failure
 /// record, the worker record, and the removal from the in-flight list that makes the job done.
 ///
-/// Written once only: the script does nothing if the job is no longer in the in-flight list. A
-/// retry after an attempt that timed out but that Redis ran after all (a failover's CLIENT
-/// PAUSE, a stalled server) would otherwise write the failure record and the stats again.
+/// Written once only: the script does nothing unless the job is still in flight under
+/// `token` (empty: under any token, for recovery). A retry after an attempt that timed out but
+/// that Redis ran after all (a failover's CLIENT PAUSE, a stalled server) would otherwise write
+/// the failure record and the stats again, or remove the next job of the same bytes.
 pub fn finish(
     keys: &Keys,
     worker_id: &str,
-    payload_raw: &str,
+    token: &str,
+    payload_raw: &[u8],
     payload: Option<&Payload>,
     outcome: &Outcome,
 ) -> redis::ScriptInvocation<'static> {
-    let (script_keys, args) = finish_keys_args(keys, worker_id, payload_raw, payload, outcome);
+    let (script_keys, args) =
+        finish_keys_args(keys, worker_id, token, payload_raw, payload, outcome);
     let mut invocation = super::scripts::FINISH.prepare_invoke();
     for k in &script_keys {
         invocation.key(k);
@@ -53,17 +169,18 @@ pub fn finish(
 }
 
 /// [`finish`] as an EVALSHA in a caller's pipeline (to send the next reservation in the same
-/// round trip). The script must be loaded (the worker's connection loads it); on NOSCRIPT the
-/// caller falls back to [`finish`], which loads it.
+/// round trip). The connection loads the script and retries on NOSCRIPT.
 pub fn add_finish(
     pipe: &mut redis::Pipeline,
     keys: &Keys,
     worker_id: &str,
-    payload_raw: &str,
+    token: &str,
+    payload_raw: &[u8],
     payload: Option<&Payload>,
     outcome: &Outcome,
 ) {
-    let (script_keys, args) = finish_keys_args(keys, worker_id, payload_raw, payload, outcome);
+    let (script_keys, args) =
+        finish_keys_args(keys, worker_id, token, payload_raw, payload, outcome);
     pipe.cmd("EVALSHA")
         .arg(super::scripts::FINISH.get_hash())
         .arg(script_keys.len())
@@ -74,10 +191,11 @@ pub fn add_finish(
 fn finish_keys_args(
     keys: &Keys,
     worker_id: &str,
-    payload_raw: &str,
+    token: &str,
+    payload_raw: &[u8],
     payload: Option<&Payload>,
     outcome: &Outcome,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<Vec<u8>>) {
     let status_key = payload
         .and_then(Payload::id)
         .map(|id| keys.job_status(id, payload.and_then(Payload::status_prefix)));
@@ -97,13 +215,16 @@ fn finish_keys_args(
         keys.failed(),
         keys.stat_failed(),
         keys.stat_failed_by(worker_id),
+        keys.inflight_tokens(),
     ];
     script_keys.extend(status_key);
     let args = vec![
-        payload_raw.to_string(),
-        failure,
-        StatusRecord::update_json(status, super::now_unix()),
-        STATUS_TTL_SECS.to_string(),
+        payload_raw.to_vec(),
+        failure.into_bytes(),
+        StatusRecord::update_json(status, super::now_unix()).into_bytes(),
+        STATUS_TTL_SECS.to_string().into_bytes(),
+        worker_id.as_bytes().to_vec(),
+        token.as_bytes().to_vec(),
     ];
     (script_keys, args)
 }
@@ -156,6 +277,7 @@ pub fn unregister(keys: &Keys, worker_id: &str) -> redis::Pipeline {
     pipe.del(keys.stat_failed_by(worker_id)).ignore();
     pipe.hdel(keys.workers_heartbeat(), worker_id).ignore();
     pipe.hdel(keys.inflight_index(), worker_id).ignore();
+    pipe.hdel(keys.inflight_tokens(), worker_id).ignore();
     pipe
 }
 

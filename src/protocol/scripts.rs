@@ -1,25 +1,72 @@
 //! Lua scripts: the steps that must be atomic in Redis.
+//!
+//! Every script that changes a job's place is idempotent per worker, because a reply can be lost
+//! after Redis ran the command (a response timeout during `CLIENT PAUSE`, a stall, a dropped
+//! connection) and the worker then sends it again:
+//! - a reservation made while the worker already holds a job returns that job (held by the
+//!   lost reply) instead of taking another, so a lost reply means "run the held job", never a
+//!   job stuck in flight;
+//! - every reservation carries a token, and an outcome is written only for the reservation it
+//!   names, so a repeated outcome cannot remove the next job even when both payloads are the same
+//!   bytes (Ruby and node jobs without an id);
+//! - a script checks what can fail (a key of the wrong type) before it moves anything, because
+//!   Redis keeps the effects of a script that errors half way.
 
 use std::sync::LazyLock;
 
-/// Reserve: move the first job of the first non-empty queue (priority order) into the worker's
-/// in-flight list, and record that the worker runs it — in one step, so a job is never only in
-/// our memory. Also writes `worker:<id>` and the RUNNING status (only if the status key exists,
-/// as php-resque does), saving a round trip per job. A queue named `*` stands for every queue
-/// in the `queues` set not named before it, sorted.
+/// Shared Lua: the status key of a payload (php-resque's `job:<id>:status`, or
+/// `job:<prefix>_<id>:status`), or nil for a job without an id.
+const STATUS_KEY_LUA: &str = r#"
+local function status_key(prefix, payload)
+  local ok, job = pcall(cjson.decode, payload)
+  if not ok or type(job) ~= 'table' or type(job.id) ~= 'string' or job.id == '' then
+    return nil
+  end
+  if type(job.prefix) == 'string' and job.prefix ~= '' then
+    return prefix .. 'job:' .. job.prefix .. '_' .. job.id .. ':status'
+  end
+  return prefix .. 'job:' .. job.id .. ':status'
+end
+local function usable_list(key)
+  local t = redis.call('TYPE', key)['ok']
+  return t == 'list' or t == 'none'
+end
+"#;
+
+/// Reserve: hand back the job this worker already holds, or move the first job of the first
+/// non-empty queue (priority order) into the worker's in-flight list and record that the worker
+/// runs it — in one step, so a job is never only in our memory. Writes `worker:<id>` and the
+/// RUNNING status (only if the status key exists, as php-resque does). A queue named `*` stands
+/// for every queue in the `queues` set not named before it, sorted. A queue key of the wrong
+/// type is skipped (and named in the reply) so the other queues keep flowing.
 ///
-/// KEYS: inflight list, inflight index, worker key, pause-all-workers, queues set.
-/// ARGV: worker id, run_at text, unix now, namespace prefix, queue names…
-/// Returns `{queue, payload}`, or `"paused"`, or nil when every queue is empty.
-pub static RESERVE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-if redis.call('GET', KEYS[4]) == 'true' then return 'paused' end
+/// KEYS: inflight list, inflight index, worker key, pause-all-workers, queues set, token hash.
+/// ARGV: worker id, run_at text, unix now, namespace prefix, new token, queue names…
+/// Returns `{'held'|'job', queue, payload, token, bad…}`, `{'empty', bad…}` or `{'paused'}`.
+pub const RESERVE_LUA: &str = r#"
+local held = redis.call('LINDEX', KEYS[1], 0)
+if held then
+  local queue = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+  local token = redis.call('HGET', KEYS[6], ARGV[1])
+  if not token then
+    token = ARGV[5]
+    redis.call('HSET', KEYS[6], ARGV[1], token)
+  end
+  return {'held', queue, held, token}
+end
+local paused = redis.pcall('GET', KEYS[4])
+if type(paused) == 'string' and string.lower(paused):match('^%s*true%s*$') then
+  return {'paused'}
+end
 local prefix = ARGV[4]
-local names, seen = {}, {}
-for i = 5, #ARGV do
+local names, seen, bad = {}, {}, {}
+for i = 6, #ARGV do
   if ARGV[i] == '*' then
-    local all = redis.call('SMEMBERS', KEYS[5])
+    local all = redis.pcall('SMEMBERS', KEYS[5])
+    if type(all) ~= 'table' or all.err then
+      bad[#bad + 1] = KEYS[5]
+      all = {}
+    end
     table.sort(all)
     for _, q in ipairs(all) do
       if not seen[q] then seen[q] = true; names[#names + 1] = q end
@@ -29,47 +76,58 @@ for i = 5, #ARGV do
   end
 end
 for _, queue in ipairs(names) do
-  local payload = redis.call('LMOVE', prefix .. 'queue:' .. queue, KEYS[1], 'LEFT', 'RIGHT')
-  if payload then
+  local payload = redis.pcall('LMOVE', prefix .. 'queue:' .. queue, KEYS[1], 'LEFT', 'RIGHT')
+  if type(payload) == 'table' and payload.err then
+    bad[#bad + 1] = prefix .. 'queue:' .. queue
+  elseif payload then
     redis.call('HSET', KEYS[2], ARGV[1], queue)
+    redis.call('HSET', KEYS[6], ARGV[1], ARGV[5])
     local ok, job = pcall(cjson.decode, payload)
     if ok and type(job) == 'table' then
       redis.call('SET', KEYS[3], '{"queue":' .. cjson.encode(queue) .. ',"run_at":' ..
         cjson.encode(ARGV[2]) .. ',"payload":' .. payload .. '}')
-      if type(job.id) == 'string' and job.id ~= '' then
-        local key = prefix .. 'job:' .. job.id .. ':status'
-        if type(job.prefix) == 'string' and job.prefix ~= '' then
-          key = prefix .. 'job:' .. job.prefix .. '_' .. job.id .. ':status'
-        end
+      local key = status_key(prefix, payload)
+      if key then
         redis.call('SET', key, '{"status":2,"updated":' .. ARGV[3] .. '}', 'XX')
       end
     end
-    return {queue, payload}
+    local reply = {'job', queue, payload, ARGV[5]}
+    for _, b in ipairs(bad) do reply[#reply + 1] = b end
+    return reply
   end
 end
-return false
-"#,
-    )
-});
+local reply = {'empty'}
+for _, b in ipairs(bad) do reply[#reply + 1] = b end
+return reply
+"#;
+
+pub static RESERVE: LazyLock<redis::Script> = LazyLock::new(|| script(RESERVE_LUA));
 
 /// Give a reserved job back: remove it from the in-flight list and put it at the head of its
-/// queue, only if it was still there (so two recoverers cannot duplicate it).
+/// queue, only if it was still there (so two recoverers cannot duplicate it). A tracked job's
+/// status goes back to WAITING (where the key exists).
 ///
-/// KEYS: inflight list, queue key, worker key, queues set. ARGV: payload, queue name.
-/// Returns 1 if the job went back, 0 if it was no longer in flight.
-pub static REQUEUE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
+/// KEYS: inflight list, queue key, worker key, queues set, token hash.
+/// ARGV: payload, queue name, worker id, namespace prefix, unix now.
+/// Returns 1 if the job went back, 0 if it was no longer in flight, -1 if the queue key has
+/// the wrong type (the job stays in flight).
+pub const REQUEUE_LUA: &str = r#"
+if not usable_list(KEYS[2]) then return -1 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('SADD', KEYS[4], ARGV[2])
+  redis.pcall('SADD', KEYS[4], ARGV[2])
   redis.call('LPUSH', KEYS[2], ARGV[1])
   redis.call('DEL', KEYS[3])
+  redis.call('HDEL', KEYS[5], ARGV[3])
+  local key = status_key(ARGV[4], ARGV[1])
+  if key then
+    redis.call('SET', key, '{"status":1,"updated":' .. ARGV[5] .. '}', 'XX')
+  end
   return 1
 end
 return 0
-"#,
-    )
-});
+"#;
+
+pub static REQUEUE: LazyLock<redis::Script> = LazyLock::new(|| script(REQUEUE_LUA));
 
 /// Count one more loss of a payload (a worker died holding it) and return the count; the
 /// counter expires an hour after the last loss: a poison pill is lost again within minutes
@@ -77,47 +135,46 @@ return 0
 /// node job) that crash now and then do not add up to a false verdict.
 ///
 /// KEYS: lost counter key.
-pub static COUNT_LOSS: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
+pub const COUNT_LOSS_LUA: &str = r#"
 local n = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], 3600)
 return n
-"#,
-    )
-});
+"#;
+
+pub static COUNT_LOSS: LazyLock<redis::Script> = LazyLock::new(|| script(COUNT_LOSS_LUA));
 
 /// Take over a lock whose owner is known to be dead: replace the owner only if it is still the
 /// one we found (so two daemons starting together cannot both take it).
 ///
 /// KEYS: lock key. ARGV: owner found, new owner, seconds to live. Returns 1 if taken, else 0.
-pub static TAKE_OVER_LOCK: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
+pub const TAKE_OVER_LOCK_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
   return 1
 end
 return 0
-"#,
-    )
-});
+"#;
+
+pub static TAKE_OVER_LOCK: LazyLock<redis::Script> = LazyLock::new(|| script(TAKE_OVER_LOCK_LUA));
 
 /// Record a finished job, once: nothing happens unless the job is still in the worker's
-/// in-flight list, so a retried outcome (the first attempt timed out but ran) or a job that
-/// recovery already took is not counted twice.
+/// in-flight list *under the reservation token given* (an empty token: any — recovery of a dead
+/// worker), so a retried outcome (the first attempt timed out but ran) or a job that recovery
+/// already took is not counted twice. When nothing is written and the worker holds nothing,
+/// its `worker:<id>` record is cleared all the same.
 ///
 /// KEYS: inflight list, worker key, stat:processed, stat:processed:<id>, failed list,
-/// stat:failed, stat:failed:<id>, and the status key when the job has an id.
-/// ARGV: payload, failure record JSON (empty when complete), status JSON, status TTL.
+/// stat:failed, stat:failed:<id>, token hash, and the status key when the job has an id.
+/// ARGV: payload, failure record JSON (empty when complete), status JSON, status TTL,
+/// worker id, token.
 /// Returns 1 if the outcome was written, 0 if the job was no longer in flight.
-pub static FINISH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FINISH_LUA));
-
-const FINISH_LUA: &str = r#"
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-if KEYS[8] and redis.call('SET', KEYS[8], ARGV[3], 'XX') then
-  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[4]))
+pub const FINISH_LUA: &str = r#"
+local function gone()
+  if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+  return 0
 end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[8], ARGV[5]) ~= ARGV[6] then return gone() end
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return gone() end
 if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[5], ARGV[2])
   redis.call('INCRBY', KEYS[6], '1')
@@ -125,6 +182,33 @@ if ARGV[2] ~= '' then
 end
 redis.call('INCRBY', KEYS[3], '1')
 redis.call('INCRBY', KEYS[4], '1')
+if KEYS[9] and redis.call('SET', KEYS[9], ARGV[3], 'XX') then
+  redis.call('EXPIRE', KEYS[9], tonumber(ARGV[4]))
+end
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('HDEL', KEYS[8], ARGV[5])
 redis.call('DEL', KEYS[2])
 return 1
 "#;
+
+pub static FINISH: LazyLock<redis::Script> = LazyLock::new(|| script(FINISH_LUA));
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{STATUS_KEY_LUA}{body}"))
+}
+
+/// The full source of a script as loaded (shared helpers included).
+pub fn source(body: &str) -> String {
+    format!("{STATUS_KEY_LUA}{body}")
+}
+
+/// Sources of every script, for `SCRIPT LOAD` on a new connection.
+pub fn all_sources() -> [String; 5] {
+    [
+        source(RESERVE_LUA),
+        source(REQUEUE_LUA),
+        source(COUNT_LOSS_LUA),
+        source(TAKE_OVER_LOCK_LUA),
+        source(FINISH_LUA),
+    ]
+}

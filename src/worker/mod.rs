@@ -9,13 +9,14 @@
 pub mod recovery;
 pub mod wakeup;
 
+use crate::connection::Connection;
 use crate::handler::{HandlerMap, Job, JobFailure};
-use crate::protocol::{
-    commands, commands::Outcome, resque_time, scripts, FailureRecord, Keys, Payload, WorkerId,
-};
+use crate::protocol::commands::{self, Outcome, Reservation, Reserved};
+use crate::protocol::{resque_time, FailureRecord, Keys, Payload, WorkerId};
 use futures::FutureExt;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -56,8 +57,6 @@ pub struct PoolStats {
     pub busy: AtomicUsize,
     pub processed: AtomicU64,
     pub failed: AtomicU64,
-    /// 0 while Redis answers; otherwise the count of consecutive errors.
-    pub redis_errors: AtomicU64,
 }
 
 /// What every worker of a pool shares.
@@ -80,22 +79,14 @@ pub fn monotonic_secs() -> u64 {
 pub struct Worker {
     id: WorkerId,
     id_text: String,
-    conn: redis::aio::ConnectionManager,
+    conn: Connection,
     shared: Arc<Shared>,
     /// Last time (monotonic seconds) this worker's loop was seen alive.
     tick: Arc<AtomicU64>,
-}
-
-/// A job this worker holds in its in-flight list.
-struct Reserved {
-    queue: String,
-    raw: String,
-}
-
-enum Reservation {
-    Job(Reserved),
-    Empty,
-    Paused,
+    /// Queue keys of the wrong type, and when we last said so.
+    warned_keys: HashMap<String, Instant>,
+    /// Set once the worker's records are in Redis (the supervisor sends READY after that).
+    registered: Arc<AtomicBool>,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -103,9 +94,10 @@ const TICK: Duration = Duration::from_secs(1);
 impl Worker {
     pub fn new(
         id: WorkerId,
-        conn: redis::aio::ConnectionManager,
+        conn: Connection,
         shared: Arc<Shared>,
         tick: Arc<AtomicU64>,
+        registered: Arc<AtomicBool>,
     ) -> Worker {
         let id_text = id.to_string();
         Worker {
@@ -114,6 +106,8 @@ impl Worker {
             conn,
             shared,
             tick,
+            warned_keys: HashMap::new(),
+            registered,
         }
     }
 
@@ -125,9 +119,46 @@ impl Worker {
         self.tick.store(monotonic_secs(), Ordering::Relaxed);
     }
 
+    /// Awaits `fut` while ticking: a worker waiting for Redis (a stall, a timeout, a
+    /// reconnect) is alive, and the watchdog must not starve because Redis does.
+    async fn ticking<F: std::future::Future>(&self, fut: F) -> F::Output {
+        tick_while(&self.tick, fut).await
+    }
+
+    /// Registers the worker (`workers`, `worker:<id>:started`, heartbeat), retrying while
+    /// Redis cannot take it. Returns false if told to stop first.
+    async fn register(&mut self, control: &mut watch::Receiver<Control>) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if control.borrow().mode != Mode::Run {
+                return false;
+            }
+            let pipe = commands::register(
+                &self.shared.keys,
+                std::slice::from_ref(&self.id_text),
+                &resque_time(),
+            );
+            let mut conn = self.conn.clone();
+            match self.ticking(pipe.query_async::<()>(&mut conn)).await {
+                Ok(()) => {
+                    self.registered.store(true, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    warn!(worker = %self.id_text, error = %e, retry_in = ?backoff, "cannot register the worker; retrying");
+                    self.idle(control, backoff, false).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// Works until told to stop. Returns after unregistering.
     pub async fn run(mut self, mut control: watch::Receiver<Control>) {
-        info!(worker = %self.id_text, queues = %self.shared.queues.join(","), "worker started");
+        if !self.register(&mut control).await {
+            return;
+        }
+        info!(worker = %self.id_text, queues = %self.shared.queues.join(","), "worker started on queues {}", self.shared.queues.join(","));
         let mut backoff = Duration::from_millis(100);
         // A reservation made together with the previous job's outcome.
         let mut next: Option<Reservation> = None;
@@ -154,27 +185,23 @@ impl Worker {
             match reservation {
                 Ok(Reservation::Job(job)) => {
                     backoff = Duration::from_millis(100);
-                    self.shared.stats.redis_errors.store(0, Ordering::Relaxed);
                     next = self.work(job, &mut control).await;
                 }
                 Ok(Reservation::Empty) => {
-                    self.shared.stats.redis_errors.store(0, Ordering::Relaxed);
+                    backoff = Duration::from_millis(100);
                     self.idle(&mut control, self.shared.interval, true).await;
                 }
                 Ok(Reservation::Paused) => {
                     self.idle(&mut control, self.shared.interval, false).await;
                 }
                 Err(e) => {
-                    self.shared
-                        .stats
-                        .redis_errors
-                        .fetch_add(1, Ordering::Relaxed);
                     warn!(worker = %self.id_text, error = %e, retry_in = ?backoff, "cannot reserve a job; Redis unavailable?");
                     self.idle(&mut control, backoff, false).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+        self.release_held().await;
         self.unregister().await;
         info!(worker = %self.id_text, "worker stopped");
     }
@@ -207,37 +234,49 @@ impl Worker {
         }
     }
 
-    /// The RESERVE script's keys and arguments.
-    fn reserve_args(&self) -> (Vec<String>, Vec<String>) {
-        let keys = &self.shared.keys;
-        let script_keys = vec![
-            keys.inflight(&self.id_text),
-            keys.inflight_index(),
-            keys.worker(&self.id_text),
-            keys.pause_all_workers(),
-            keys.queues(),
-        ];
-        let mut args = vec![
-            self.id_text.clone(),
-            resque_time(),
-            crate::protocol::now_unix().to_string(),
-            keys.prefix().to_string(),
-        ];
-        args.extend(self.shared.queues.iter().cloned());
-        (script_keys, args)
+    /// A RESERVE for this worker with a fresh reservation token.
+    fn reserve_cmd(&self) -> redis::Cmd {
+        let token = format!("{:016x}", rand::random::<u64>());
+        commands::reserve(
+            &self.shared.keys,
+            &self.id_text,
+            &token,
+            &self.shared.queues,
+        )
     }
 
     async fn reserve(&mut self) -> Result<Reservation, redis::RedisError> {
-        let (script_keys, args) = self.reserve_args();
-        let mut invocation = scripts::RESERVE.prepare_invoke();
-        for k in &script_keys {
-            invocation.key(k);
+        let cmd = self.reserve_cmd();
+        let mut conn = self.conn.clone();
+        let reply: redis::Value = self.ticking(cmd.query_async(&mut conn)).await?;
+        Ok(self.read_reservation(reply))
+    }
+
+    /// Reads a reservation reply, warning (now and then) about skipped keys.
+    fn read_reservation(&mut self, reply: redis::Value) -> Reservation {
+        let reply = match commands::parse_reserve(reply) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(worker = %self.id_text, error = %e, "unreadable reservation reply");
+                return Reservation::Empty;
+            }
+        };
+        for key in reply.skipped {
+            let due = self
+                .warned_keys
+                .get(&key)
+                .is_none_or(|at| at.elapsed() > Duration::from_secs(300));
+            if due {
+                warn!(worker = %self.id_text, key = %key, "skipping a queue key that is not a list (WRONGTYPE); the other queues go on: fix or delete key {key}");
+                self.warned_keys.insert(key, Instant::now());
+            }
         }
-        for a in &args {
-            invocation.arg(a);
+        if let Reservation::Job(job) = &reply.reservation {
+            if job.held {
+                info!(worker = %self.id_text, queue = %job.queue, "running the job this worker already held (a reply from Redis was lost)");
+            }
         }
-        let reply: redis::Value = invocation.invoke_async(&mut self.conn).await?;
-        parse_reservation(reply)
+        reply.reservation
     }
 
     /// Runs one reserved job and records its outcome. When the worker goes on working, the
@@ -249,7 +288,7 @@ impl Worker {
     ) -> Option<Reservation> {
         let stats = self.shared.stats.clone();
         stats.busy.fetch_add(1, Ordering::Relaxed);
-        let parsed = Payload::parse(&job.raw);
+        let parsed = parse_entry(&job.raw);
         let (job_id, class) = match &parsed {
             Ok(p) => (p.id().unwrap_or("").to_string(), p.class().to_string()),
             Err(_) => (String::new(), String::new()),
@@ -259,10 +298,7 @@ impl Worker {
             debug!("job started");
             let started = Instant::now();
             let result = match &parsed {
-                Err(e) => JobResult::Done(Err(JobFailure::new(
-                    "Resque\\Exception",
-                    bad_payload_message(e, &job.raw),
-                ))),
+                Err(e) => JobResult::Done(Err(JobFailure::new("Resque\\Exception", e.clone()))),
                 Ok(payload) => self.perform(&job, payload.clone(), control).await,
             };
             match &result {
@@ -288,8 +324,8 @@ impl Worker {
             JobResult::Done(Err(failure)) => {
                 let payload_value = match &parsed {
                     Ok(p) => p.to_value(),
-                    // The raw entry, so nothing of it is lost.
-                    Err(_) => serde_json::Value::String(job.raw.clone()),
+                    // The raw entry (escaped where it is not text), so nothing of it is lost.
+                    Err(_) => serde_json::Value::String(shown_entry(&job.raw)),
                 };
                 Outcome::Failed(Box::new(FailureRecord {
                     failed_at: resque_time(),
@@ -317,7 +353,8 @@ impl Worker {
             None
         };
         if next.is_none() {
-            self.record(&job, parsed.as_ref().ok(), &outcome, control)
+            // The combined attempt may have run all the same; the token makes a repeat safe.
+            self.record(&job, parsed.as_ref().ok(), &outcome, control, go_on)
                 .instrument(span)
                 .await;
         }
@@ -329,48 +366,50 @@ impl Worker {
         next.flatten()
     }
 
-    /// The outcome (its own MULTI/EXEC) and the next RESERVE in one round trip. Returns
-    /// `Some(next)` once the outcome is known to be written — `Some(None)` if only the
-    /// reservation failed — and `None` if the outcome may not be written (the caller then
-    /// writes it with retries).
+    /// The outcome and the next RESERVE in one round trip. Returns `Some(next)` once the
+    /// outcome is known to be written (or known to be someone else's: the job was recovered) —
+    /// `Some(None)` if only the reservation's reply is unknown — and `None` if the outcome may
+    /// not be written (the caller then writes it with retries; the token makes that safe).
     async fn record_and_reserve(
         &mut self,
         job: &Reserved,
         payload: Option<&Payload>,
         outcome: &Outcome,
     ) -> Option<Option<Reservation>> {
-        let (script_keys, args) = self.reserve_args();
         let mut pipe = redis::pipe();
         commands::add_finish(
             &mut pipe,
             &self.shared.keys,
             &self.id_text,
+            &job.token,
             &job.raw,
             payload,
             outcome,
         );
-        pipe.ignore();
-        pipe.cmd("EVALSHA")
-            .arg(scripts::RESERVE.get_hash())
-            .arg(script_keys.len())
-            .arg(&script_keys)
-            .arg(&args);
-        match pipe.query_async::<(redis::Value,)>(&mut self.conn).await {
-            Ok((reply,)) => Some(parse_reservation(reply).ok()),
-            Err(e) => {
-                // The outcome script removes the in-flight entry: if it is gone, the outcome is
-                // written and only the reservation failed (e.g. NOSCRIPT after a restart).
-                let still: Result<Option<i64>, _> = redis::cmd("LPOS")
-                    .arg(self.shared.keys.inflight(&self.id_text))
-                    .arg(&job.raw)
-                    .query_async(&mut self.conn)
-                    .await;
-                debug!(error = %e, "combined outcome and reservation failed");
-                match still {
-                    Ok(None) => Some(None),
-                    _ => None,
+        pipe.add_command(self.reserve_cmd());
+        let mut conn = self.conn.clone();
+        match self
+            .ticking(pipe.query_async::<(redis::Value, redis::Value)>(&mut conn))
+            .await
+        {
+            Ok((written, reply)) => {
+                if written != redis::Value::Int(1) {
+                    self.outcome_not_in_flight(false);
                 }
+                Some(Some(self.read_reservation(reply)))
             }
+            Err(e) => {
+                debug!(error = %e, "combined outcome and reservation failed; writing the outcome again");
+                None
+            }
+        }
+    }
+
+    fn outcome_not_in_flight(&self, retry: bool) {
+        if retry {
+            info!("the job's outcome was already written by an attempt whose reply was lost (or the job was recovered meanwhile)");
+        } else {
+            warn!("the job was no longer in this worker's hands (recovered by another daemon?); its outcome was not recorded");
         }
     }
 
@@ -424,31 +463,44 @@ impl Worker {
 
     /// Writes the outcome; retries while Redis is unreachable, so a finished job's result is
     /// written once Redis is back (unless we are told to abort: then recovery re-runs it).
+    /// `retry`: an earlier attempt may have been written already.
     async fn record(
         &mut self,
         job: &Reserved,
         payload: Option<&Payload>,
         outcome: &Outcome,
         control: &mut watch::Receiver<Control>,
+        mut retry: bool,
     ) {
-        let pipe = commands::finish(&self.shared.keys, &self.id_text, &job.raw, payload, outcome);
+        let invocation = commands::finish(
+            &self.shared.keys,
+            &self.id_text,
+            &job.token,
+            &job.raw,
+            payload,
+            outcome,
+        );
         let mut backoff = Duration::from_millis(100);
         loop {
-            self.beat();
-            match pipe.invoke_async::<()>(&mut self.conn).await {
-                Ok(()) => return,
+            let mut conn = self.conn.clone();
+            match self
+                .ticking(invocation.invoke_async::<i64>(&mut conn))
+                .await
+            {
+                Ok(1) => return,
+                Ok(_) => {
+                    self.outcome_not_in_flight(retry);
+                    return;
+                }
                 Err(e) => {
                     error!(error = %e, retry_in = ?backoff, "cannot record the job's outcome; retrying");
-                    self.shared
-                        .stats
-                        .redis_errors
-                        .fetch_add(1, Ordering::Relaxed);
                     if control.borrow().mode == Mode::Abort {
                         warn!("giving up on recording: shutting down; the job stays in flight and will be recovered");
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
+                    self.ticking(tokio::time::sleep(backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    retry = true;
                 }
             }
         }
@@ -456,61 +508,120 @@ impl Worker {
 
     /// Puts the job back at the head of its queue.
     async fn give_back(&mut self, job: &Reserved) {
-        let keys = &self.shared.keys;
-        let result: Result<i64, _> = scripts::REQUEUE
-            .key(keys.inflight(&self.id_text))
-            .key(keys.queue(&job.queue))
-            .key(keys.worker(&self.id_text))
-            .key(keys.queues())
-            .arg(&job.raw)
-            .arg(&job.queue)
-            .invoke_async(&mut self.conn)
-            .await;
-        if let Err(e) = result {
-            error!(error = %e, "cannot put the job back; it stays in flight and will be recovered");
+        let invocation = commands::requeue(&self.shared.keys, &self.id_text, &job.queue, &job.raw);
+        let mut conn = self.conn.clone();
+        match self
+            .ticking(invocation.invoke_async::<i64>(&mut conn))
+            .await
+        {
+            Ok(-1) => {
+                warn!(queue = %job.queue, "cannot put the job back: its queue key is not a list; it stays in flight and will be recovered once the key is fixed")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %e, "cannot put the job back; it stays in flight and will be recovered")
+            }
         }
+    }
+
+    /// On the way out: a job held but never started (its reservation reply was lost) goes back
+    /// to its queue now instead of waiting for recovery.
+    async fn release_held(&mut self) {
+        let mut conn = self.conn.clone();
+        let reply: Result<redis::Value, _> = self
+            .ticking(self.reserve_peek().query_async(&mut conn))
+            .await;
+        let Ok(reply) = reply else { return };
+        if let Ok(commands::ReserveReply {
+            reservation: Reservation::Job(job),
+            ..
+        }) = commands::parse_reserve(reply)
+        {
+            if job.held {
+                info!(worker = %self.id_text, queue = %job.queue, "giving back a job this worker held but did not start");
+                self.give_back(&job).await;
+            }
+        }
+    }
+
+    /// A RESERVE that can only return a held job: no queues to take from, paused or not.
+    fn reserve_peek(&self) -> redis::Cmd {
+        commands::reserve(&self.shared.keys, &self.id_text, "", &[])
     }
 
     async fn unregister(&mut self) {
         // Anything still in flight (an outcome we could not write) is left for recovery,
         // which needs the index entry; otherwise remove every record.
-        let inflight: Result<usize, _> = redis::cmd("LLEN")
-            .arg(self.shared.keys.inflight(&self.id_text))
-            .query_async(&mut self.conn)
+        let mut conn = self.conn.clone();
+        let inflight: Result<usize, _> = self
+            .ticking(
+                redis::cmd("LLEN")
+                    .arg(self.shared.keys.inflight(&self.id_text))
+                    .query_async(&mut conn),
+            )
             .await;
         if matches!(inflight, Ok(0)) {
             let pipe = commands::unregister(&self.shared.keys, &self.id_text);
-            if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
+            if let Err(e) = self.ticking(pipe.query_async::<()>(&mut conn)).await {
                 warn!(worker = %self.id_text, error = %e, "cannot unregister the worker");
             }
         }
     }
 }
 
-fn parse_reservation(reply: redis::Value) -> Result<Reservation, redis::RedisError> {
-    Ok(match reply {
-        redis::Value::Nil => Reservation::Empty,
-        redis::Value::Array(items) if items.len() == 2 => {
-            let queue: String = redis::from_redis_value(items[0].clone())?;
-            let raw: String = redis::from_redis_value(items[1].clone())?;
-            Reservation::Job(Reserved { queue, raw })
+/// Awaits `fut`, storing the monotonic time in `tick` every second meanwhile.
+pub async fn tick_while<F: std::future::Future>(tick: &AtomicU64, fut: F) -> F::Output {
+    tokio::pin!(fut);
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = ticker.tick() => tick.store(monotonic_secs(), Ordering::Relaxed),
         }
-        redis::Value::SimpleString(s) if s == "paused" => Reservation::Paused,
-        redis::Value::BulkString(b) if b == b"paused" => Reservation::Paused,
-        // Lua `false` arrives as nil; anything else is not ours to interpret.
-        _ => Reservation::Empty,
-    })
+    }
+}
+
+/// A queue entry as a payload, or why it is not one (the message for its failure record).
+fn parse_entry(raw: &[u8]) -> Result<Payload, String> {
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        format!(
+            "the queue entry is not valid UTF-8 ({e}); the entry was: {}",
+            shown_prefix(raw)
+        )
+    })?;
+    Payload::parse(text).map_err(|e| format!("{e}; the entry was: {}", shown_prefix(raw)))
+}
+
+/// An entry for a failure record: the text itself, or with its non-UTF-8 bytes escaped.
+fn shown_entry(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(text) => text.to_string(),
+        Err(_) => raw.escape_ascii().to_string(),
+    }
+}
+
+/// The first 200 characters of an entry, for a message, with anything unprintable escaped.
+fn shown_prefix(raw: &[u8]) -> String {
+    let shown = shown_entry(raw);
+    let mut out: String = shown.chars().take(200).collect();
+    if out.len() < shown.len() {
+        out.push('…');
+    }
+    out.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 enum JobResult {
     Done(Result<(), JobFailure>),
     /// Interrupted by a forced shutdown: not an outcome; the job goes back to its queue.
     Aborted,
-}
-
-fn bad_payload_message(e: &crate::protocol::PayloadError, raw: &str) -> String {
-    let shown: String = raw.chars().take(200).collect();
-    format!("{e}; the entry was: {shown}")
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

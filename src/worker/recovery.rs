@@ -53,7 +53,7 @@ fn heartbeat_age(text: &str) -> Option<Duration> {
 
 /// One recovery pass. Returns what it did; takes the lock or does nothing.
 pub async fn recover(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Connection,
     ctx: &RecoveryContext<'_>,
     lock_owner: &str,
 ) -> Result<RecoveryReport, redis::RedisError> {
@@ -78,7 +78,7 @@ pub async fn recover(
 /// start-up recovery of its successor (the jobs it held) until the periodic pass. The owner is
 /// `host:pid`: if it is a dead process of this host (or this very process), take the lock over.
 async fn take_over_dead_lock(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Connection,
     ctx: &RecoveryContext<'_>,
     lock_owner: &str,
 ) -> Result<bool, redis::RedisError> {
@@ -111,7 +111,7 @@ async fn take_over_dead_lock(
 }
 
 async fn recover_locked(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Connection,
     ctx: &RecoveryContext<'_>,
 ) -> Result<RecoveryReport, redis::RedisError> {
     let keys = ctx.keys;
@@ -134,13 +134,25 @@ async fn recover_locked(
             continue;
         }
         report.dead_workers += 1;
-        let held: Vec<String> = conn.lrange(keys.inflight(&worker), 0, -1).await?;
+        // Entries are read as bytes (one that is not UTF-8 must not stop the pass), and one
+        // entry that cannot be settled is left for the next pass while the others go on.
+        let held: Vec<Vec<u8>> = conn.lrange(keys.inflight(&worker), 0, -1).await?;
+        let mut left = 0;
         for raw in held {
-            if settle_lost_job(conn, ctx, &worker, &queue, &raw).await? {
-                report.requeued += 1;
-            } else {
-                report.failed += 1;
+            match settle_lost_job(conn, ctx, &worker, &queue, &raw).await {
+                Ok(Settled::Requeued) => report.requeued += 1,
+                Ok(Settled::Failed) => report.failed += 1,
+                Ok(Settled::Gone) => {}
+                Ok(Settled::Stuck) => left += 1,
+                Err(e) if crate::connection::needs_reconnect(&e) => return Err(e),
+                Err(e) => {
+                    left += 1;
+                    warn!(worker = %worker, error = %e, "cannot recover one job of a dead worker; trying again at the next pass");
+                }
             }
+        }
+        if left > 0 {
+            continue;
         }
         commands::unregister(keys, &worker)
             .query_async::<()>(conn)
@@ -211,39 +223,51 @@ fn is_dead(
     }
 }
 
-/// Puts one lost job back, or fails it (on_lost = "fail", or lost too often). Returns true if it
-/// went back to its queue.
+enum Settled {
+    Requeued,
+    Failed,
+    /// Someone else settled it meanwhile.
+    Gone,
+    /// Its queue key has the wrong type: it stays in flight.
+    Stuck,
+}
+
+/// Puts one lost job back, or fails it (on_lost = "fail", or lost too often).
 async fn settle_lost_job(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Connection,
     ctx: &RecoveryContext<'_>,
     worker: &str,
     queue: &str,
-    raw: &str,
-) -> Result<bool, redis::RedisError> {
+    raw: &[u8],
+) -> Result<Settled, redis::RedisError> {
     let keys = ctx.keys;
     let digest = sha1_hex(raw);
     let losses: u32 = scripts::COUNT_LOSS
         .key(keys.lost_count(&digest))
         .invoke_async(conn)
         .await?;
-    let payload = Payload::parse(raw).ok();
+    let text = std::str::from_utf8(raw).ok();
+    let payload = text.and_then(|t| Payload::parse(t).ok());
     let class = payload
         .as_ref()
         .map(|p| p.class().to_string())
         .unwrap_or_default();
     let poison = losses >= ctx.max_lost;
     if ctx.on_lost == OnLost::Requeue && !poison {
-        let _: i64 = scripts::REQUEUE
-            .key(keys.inflight(worker))
-            .key(keys.queue(queue))
-            .key(keys.worker(worker))
-            .key(keys.queues())
-            .arg(raw)
-            .arg(queue)
+        let moved: i64 = commands::requeue(keys, worker, queue, raw)
             .invoke_async(conn)
             .await?;
-        warn!(worker, queue, class = %class, losses, "job of a dead worker put back at the head of its queue");
-        return Ok(true);
+        return Ok(match moved {
+            1 => {
+                warn!(worker, queue, class = %class, losses, "job of a dead worker put back at the head of its queue");
+                Settled::Requeued
+            }
+            -1 => {
+                warn!(worker, queue, "cannot put a job of a dead worker back: its queue key is not a list; it stays in flight until the key is fixed");
+                Settled::Stuck
+            }
+            _ => Settled::Gone,
+        });
     }
     let error = if poison {
         format!(
@@ -252,12 +276,16 @@ async fn settle_lost_job(
     } else {
         format!("Worker {worker} died while processing {class}")
     };
+    let shown = match text {
+        Some(t) => t.to_string(),
+        None => raw.escape_ascii().to_string(),
+    };
     let record = FailureRecord {
         failed_at: resque_time(),
         payload: payload
             .as_ref()
             .map(Payload::to_value)
-            .unwrap_or_else(|| serde_json::Value::String(raw.to_string())),
+            .unwrap_or_else(|| serde_json::Value::String(shown)),
         exception: DIRTY_EXIT_EXCEPTION.to_string(),
         error: error.clone(),
         backtrace: Vec::new(),
@@ -266,21 +294,26 @@ async fn settle_lost_job(
         retried_at: None,
         extra: Default::default(),
     };
-    commands::finish(
+    let written: i64 = commands::finish(
         keys,
         worker,
+        "",
         raw,
         payload.as_ref(),
         &Outcome::Failed(Box::new(record)),
     )
-    .invoke_async::<()>(conn)
+    .invoke_async(conn)
     .await?;
-    warn!(worker, queue, class = %class, "{error}");
-    Ok(false)
+    if written == 1 {
+        warn!(worker, queue, class = %class, "{error}");
+        Ok(Settled::Failed)
+    } else {
+        Ok(Settled::Gone)
+    }
 }
 
-/// Redis's own `redis.sha1hex` would need another round trip; the `script` feature of the redis
-/// crate already ships a SHA-1.
-fn sha1_hex(text: &str) -> String {
-    redis::Script::new(text).get_hash().to_string()
+/// The digest that names a payload's loss counter (Redis's `redis.sha1hex` would need another
+/// round trip).
+fn sha1_hex(raw: &[u8]) -> String {
+    sha1_smol::Sha1::from(raw).digest().to_string()
 }

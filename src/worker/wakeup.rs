@@ -7,6 +7,11 @@
 //! changes — whoever pushed (php-resque, Ruby, node) — and we wake one idle worker, which then
 //! reserves with the Lua script in priority order. Idle workers send no commands; if the
 //! tracking connection is lost, workers still look every `interval` until it is back.
+//!
+//! A connection that only listens cannot tell a quiet Redis from a dead socket (a NAT that forgot
+//! it, a Redis host that lost power): it PINGs every [`LIVENESS`] and gives up on the socket when
+//! the answer does not come within `command_timeout`, then reconnects and wakes every idle worker
+//! (a push may have been missed meanwhile).
 
 use crate::config::RedisConfig;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::{debug, warn};
+
+/// How often the tracking connection proves it is alive. One PING per pool every 10 s is the
+/// whole idle cost; a dead socket is noticed within this plus `command_timeout`.
+const LIVENESS: Duration = Duration::from_secs(10);
 
 /// Wake-ups for idle workers: one per pushed job, counted (a burst of pushes while workers are
 /// busy is not collapsed into one, as a `Notify` permit would be) and capped at the number of
@@ -158,21 +167,29 @@ async fn track(
     wake.tracking.store(true, Ordering::Relaxed);
     // A job may have arrived before tracking was on.
     wake.ring_all();
-    while let Some(push) = rx.recv().await {
-        match push.kind {
-            redis::PushKind::Invalidate => wake.ring(),
-            redis::PushKind::Disconnection => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "tracking connection closed",
-                )))
+    let mut liveness = tokio::time::interval(LIVENESS);
+    liveness.tick().await;
+    let closed = || redis::RedisError::from((redis::ErrorKind::Io, "tracking connection closed"));
+    loop {
+        tokio::select! {
+            push = rx.recv() => match push {
+                Some(push) => match push.kind {
+                    redis::PushKind::Invalidate => wake.ring(),
+                    redis::PushKind::Disconnection => return Err(closed()),
+                    _ => {}
+                },
+                None => return Err(closed()),
+            },
+            _ = liveness.tick() => {
+                // The connection's response timeout (command_timeout) bounds the wait.
+                redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "tracking connection does not answer PING",
+                        e.to_string(),
+                    ))
+                })?;
             }
-            _ => {}
         }
     }
-    drop(conn);
-    Err(redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "tracking connection closed",
-    )))
 }

@@ -1,0 +1,310 @@
+//! Redis connections that notice when they are dead.
+//!
+//! redis-rs's `ConnectionManager` reconnects only when the socket reports an error. A connection
+//! that half-opened (a NAT forgot it, the Redis host lost power) keeps timing out forever, and a
+//! demoted master keeps answering `READONLY`. [`Connection`] is shared by clones (one multiplexed
+//! socket) and replaces its socket on every error that means "this server or socket is no good":
+//! I/O errors, response timeouts, `READONLY`, `LOADING`, `MASTERDOWN`. It connects lazily, so
+//! creating one never blocks the caller, and it loads the Lua scripts on every new socket.
+//!
+//! Every connection of a daemon reports to one [`Health`], which is what STATUS= shows.
+
+use crate::config::RedisConfig;
+use crate::protocol::scripts;
+use futures::FutureExt;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tracing::{debug, info, warn};
+
+/// How Redis is doing, as the daemon's connections see it.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct HealthState {
+    /// Since when commands fail, and how (None while Redis answers).
+    down: Option<(SystemTime, Problem)>,
+}
+
+/// Why Redis does not do what we ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    Unreachable,
+    OutOfMemory,
+    ReadOnly,
+    Loading,
+    Other,
+}
+
+impl Problem {
+    fn of(e: &RedisError) -> Problem {
+        if let Some(code) = e.code() {
+            return match code {
+                "OOM" => Problem::OutOfMemory,
+                "READONLY" | "MASTERDOWN" => Problem::ReadOnly,
+                "LOADING" => Problem::Loading,
+                _ => Problem::Other,
+            };
+        }
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+            Problem::Unreachable
+        } else {
+            Problem::Other
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Problem::Unreachable => "unreachable",
+            Problem::OutOfMemory => "out of memory",
+            Problem::ReadOnly => "read-only (a replica?)",
+            Problem::Loading => "loading its data",
+            Problem::Other => "failing",
+        }
+    }
+}
+
+impl Health {
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A command succeeded.
+    pub fn ok(&self) {
+        let mut state = self.lock();
+        if let Some((since, problem)) = state.down.take() {
+            let secs = since.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+            info!(
+                was = problem.text(),
+                for_secs = secs,
+                "Redis answers again after being {} for {secs} s",
+                problem.text()
+            );
+        }
+    }
+
+    /// A command failed with an error that is Redis's, not the command's.
+    pub fn failed(&self, e: &RedisError) {
+        let problem = Problem::of(e);
+        if problem == Problem::Other {
+            return;
+        }
+        let mut state = self.lock();
+        match &mut state.down {
+            Some((_, p)) => *p = problem,
+            None => state.down = Some((SystemTime::now(), problem)),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.lock().down.is_none()
+    }
+
+    /// The current problem, if any.
+    pub fn problem(&self) -> Option<Problem> {
+        self.lock().down.as_ref().map(|(_, p)| *p)
+    }
+
+    /// "ok", or "unreachable since 21:04:05 UTC" for STATUS=.
+    pub fn text(&self) -> String {
+        match &self.lock().down {
+            None => "ok".to_string(),
+            Some((since, problem)) => {
+                let since: chrono::DateTime<chrono::Utc> = (*since).into();
+                format!("{} since {}", problem.text(), since.format("%H:%M:%S UTC"))
+            }
+        }
+    }
+}
+
+/// Whether an error means the socket (or the server behind it) must be replaced.
+pub fn needs_reconnect(e: &RedisError) -> bool {
+    if e.is_unrecoverable_error() || e.is_timeout() || e.is_connection_dropped() {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        ErrorKind::Io
+            | ErrorKind::Server(ServerErrorKind::ReadOnly)
+            | ErrorKind::Server(ServerErrorKind::BusyLoading)
+            | ErrorKind::Server(ServerErrorKind::MasterDown)
+    )
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript))
+}
+
+/// A lazily connected, self-replacing, shared Redis connection. Clones share the socket.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+    db: i64,
+}
+
+struct Inner {
+    redis: RedisConfig,
+    health: Arc<Health>,
+    /// The socket in use and its generation (bumped on every replacement, so that of many
+    /// callers failing on the same dead socket only the first one drops it).
+    current: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Connection {
+    /// A connection to `redis`; nothing is sent until it is used.
+    pub fn new(redis: &RedisConfig, health: Arc<Health>) -> Connection {
+        let db = redis.connection.redis_settings().db();
+        Connection {
+            inner: Arc::new(Inner {
+                redis: redis.clone(),
+                health,
+                current: tokio::sync::Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            }),
+            db,
+        }
+    }
+
+    /// Connects now and checks that Redis accepts our scripts and a write-free command: what a
+    /// start or a reload waits for.
+    pub async fn check(&self) -> Result<(), RedisError> {
+        let mut conn = self.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.inner.health
+    }
+
+    async fn socket(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+        let mut current = self.inner.current.lock().await;
+        if let Some((generation, conn)) = current.as_ref() {
+            return Ok((*generation, conn.clone()));
+        }
+        let client = self.inner.redis.client()?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&self.inner.redis.async_config())
+            .await?;
+        load_scripts(&mut conn).await?;
+        let generation = self
+            .inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        debug!(redis = %self.inner.redis.display, generation, "connected to Redis");
+        *current = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Drops the socket of `generation` if it is still the current one.
+    async fn discard(&self, generation: u64, why: &RedisError) {
+        let mut current = self.inner.current.lock().await;
+        if matches!(current.as_ref(), Some((g, _)) if *g == generation) {
+            *current = None;
+            warn!(redis = %self.inner.redis.display, error = %why, "dropping the Redis connection; the next command reconnects");
+        }
+    }
+
+    /// Runs one request on the current socket, replacing the socket on errors that call for it
+    /// and retrying once after NOSCRIPT (the server lost our scripts: a restart, a failover).
+    /// Retrying is safe because every script of ours is idempotent per worker.
+    async fn request(&self, request: Request<'_>) -> Result<Reply, RedisError> {
+        let (generation, mut conn) = match self.socket().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.inner.health.failed(&e);
+                return Err(e);
+            }
+        };
+        let mut result = request.send(&mut conn).await;
+        if let Err(e) = &result {
+            if is_noscript(e) {
+                result = match load_scripts(&mut conn).await {
+                    Ok(()) => request.send(&mut conn).await,
+                    Err(load) => Err(load),
+                };
+            }
+        }
+        match &result {
+            Ok(_) => self.inner.health.ok(),
+            Err(e) => {
+                self.inner.health.failed(e);
+                if needs_reconnect(e) {
+                    self.discard(generation, e).await;
+                }
+            }
+        }
+        result
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    One(&'a Cmd),
+    Many(&'a Pipeline, usize, usize),
+}
+
+enum Reply {
+    One(Value),
+    Many(Vec<Value>),
+}
+
+impl Request<'_> {
+    async fn send(self, conn: &mut MultiplexedConnection) -> Result<Reply, RedisError> {
+        match self {
+            Request::One(cmd) => conn.req_packed_command(cmd).await.map(Reply::One),
+            Request::Many(pipe, offset, count) => conn
+                .req_packed_commands(pipe, offset, count)
+                .await
+                .map(Reply::Many),
+        }
+    }
+}
+
+async fn load_scripts(conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    let mut pipe = redis::pipe();
+    for source in scripts::all_sources() {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        async move {
+            match self.request(Request::One(cmd)).await? {
+                Reply::One(v) => Ok(v),
+                Reply::Many(mut v) => Ok(v.pop().unwrap_or(Value::Nil)),
+            }
+        }
+        .boxed()
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        async move {
+            match self.request(Request::Many(pipeline, offset, count)).await? {
+                Reply::Many(v) => Ok(v),
+                Reply::One(v) => Ok(vec![v]),
+            }
+        }
+        .boxed()
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+}
