@@ -265,7 +265,7 @@ impl Worker {
             let due = self
                 .warned_keys
                 .get(&key)
-                .is_none_or(|at| at.elapsed() > Duration::from_secs(300));
+                .map_or(true, |at| at.elapsed() > Duration::from_secs(300));
             if due {
                 warn!(worker = %self.id_text, key = %key, "skipping a queue key that is not a list (WRONGTYPE); the other queues go on: fix or delete key {key}");
                 self.warned_keys.insert(key, Instant::now());
