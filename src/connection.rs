@@ -40,14 +40,33 @@ pub enum Problem {
     Other,
 }
 
+/// The server's error code, also when redis-rs folded it into a transaction's or a script's
+/// error ("Transaction aborted: [(Index 0, error: \"OOM\": …)]").
+fn server_code(e: &RedisError) -> Option<&'static str> {
+    const CODES: [&str; 4] = ["OOM", "READONLY", "MASTERDOWN", "LOADING"];
+    if let Some(code) = e.code() {
+        if let Some(known) = CODES.iter().find(|c| **c == code) {
+            return Some(known);
+        }
+    }
+    let text = e.to_string();
+    CODES
+        .iter()
+        .find(|c| {
+            text.contains(&format!("\"{c}\""))
+                || text.starts_with(*c)
+                || text.contains(&format!("{c} "))
+        })
+        .copied()
+}
+
 impl Problem {
     fn of(e: &RedisError) -> Problem {
-        if let Some(code) = e.code() {
+        if let Some(code) = server_code(e) {
             return match code {
                 "OOM" => Problem::OutOfMemory,
                 "READONLY" | "MASTERDOWN" => Problem::ReadOnly,
-                "LOADING" => Problem::Loading,
-                _ => Problem::Other,
+                _ => Problem::Loading,
             };
         }
         if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
@@ -128,6 +147,9 @@ impl Health {
 /// Whether an error means the socket (or the server behind it) must be replaced.
 pub fn needs_reconnect(e: &RedisError) -> bool {
     if e.is_unrecoverable_error() || e.is_timeout() || e.is_connection_dropped() {
+        return true;
+    }
+    if matches!(server_code(e), Some("READONLY" | "MASTERDOWN" | "LOADING")) {
         return true;
     }
     matches!(
@@ -226,24 +248,39 @@ impl Connection {
             }
         };
         let mut result = request.send(&mut conn).await;
-        if let Err(e) = &result {
-            if is_noscript(e) {
-                result = match load_scripts(&mut conn).await {
-                    Ok(()) => request.send(&mut conn).await,
-                    Err(load) => Err(load),
-                };
-            }
+        // Server errors arrive as values (redis-rs turns them into errors later, per reply).
+        if matches!(server_error(&result), Some(e) if is_noscript(&e)) {
+            result = match load_scripts(&mut conn).await {
+                Ok(()) => request.send(&mut conn).await,
+                Err(load) => Err(load),
+            };
         }
-        match &result {
-            Ok(_) => self.inner.health.ok(),
-            Err(e) => {
-                self.inner.health.failed(e);
-                if needs_reconnect(e) {
-                    self.discard(generation, e).await;
+        match server_error(&result) {
+            None => self.inner.health.ok(),
+            Some(e) => {
+                self.inner.health.failed(&e);
+                if needs_reconnect(&e) {
+                    self.discard(generation, &e).await;
                 }
             }
         }
         result
+    }
+}
+
+/// The error of a request: its own, or the first server error among its replies.
+fn server_error(result: &Result<Reply, RedisError>) -> Option<RedisError> {
+    fn in_value(v: &Value, depth: usize) -> Option<RedisError> {
+        match v {
+            Value::ServerError(e) => Some(e.clone().into()),
+            Value::Array(items) if depth > 0 => items.iter().find_map(|i| in_value(i, depth - 1)),
+            _ => None,
+        }
+    }
+    match result {
+        Err(e) => Some(e.clone()),
+        Ok(Reply::One(v)) => in_value(v, 1),
+        Ok(Reply::Many(vs)) => vs.iter().find_map(|v| in_value(v, 1)),
     }
 }
 

@@ -46,11 +46,10 @@ pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Syn
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const RECOVERY: Duration = Duration::from_secs(60);
 /// A slot that has not ticked for this long is wedged: the watchdog stops being fed. Workers
-/// tick every second even while they wait for Redis, so this only has to cover one command's
-/// worst case (connect + response timeout) with room to spare.
+/// tick every second even while they wait for Redis, so a slow Redis does not count; the limit
+/// still follows the command timeout, with room, so that no wait of ours can look like a wedge.
 fn wedged_after_secs(config: &Config) -> u64 {
-    let redis = config.redis.connect_timeout + config.redis.command_timeout;
-    (redis.as_secs() + 5).max(10)
+    (config.redis.command_timeout.as_secs() + 2).max(5)
 }
 
 /// How many Redis connections the workers of a pool share.
@@ -335,7 +334,7 @@ impl Supervisor {
         // READY once the workers are registered (from the loop below): before that nothing
         // works (Redis out of memory, read-only…), and STATUS says why.
         let mut ready_sent = false;
-        let mut last_status = self.snapshot(&pool, &stats, control, &health);
+        let mut last_status: Option<Snapshot> = None;
 
         let watchdog_every = self
             .notifier
@@ -390,10 +389,11 @@ impl Supervisor {
                             }
                             Err(e) => error!("reload rejected, keeping the running configuration: {e}"),
                         }
-                        last_status = self.snapshot(&pool, &stats, control, &health);
+                        let now = self.snapshot(&pool, &stats, control, &health);
                         if ready_sent {
-                            self.notifier.ready(&last_status.text());
+                            self.notifier.ready(&now.text());
                         }
+                        last_status = Some(now);
                         if let Some(reply) = reply {
                             let _ = reply.send(result.map(|_| ()));
                         }
@@ -451,15 +451,15 @@ impl Supervisor {
                             config.worker.queues.join(","),
                             config.redis.display
                         );
-                        last_status = now;
-                    } else if now != last_status {
+                        last_status = Some(now);
+                    } else if last_status.as_ref() != Some(&now) {
                         let text = if ready_sent {
                             now.text()
                         } else {
                             format!("Waiting for Redis at {} to take the workers: {}", config.redis.display, now.text())
                         };
                         self.notifier.status(&text);
-                        last_status = now;
+                        last_status = Some(now);
                     }
                 }
             }

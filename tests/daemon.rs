@@ -4,12 +4,12 @@
 mod common;
 
 use common::{
-    done_ids, resque, run, status_of, stderr, stdout, wait_for, write_config, Daemon, RedisServer,
+    done_ids, resque, run, status_of, stderr, stdout, wait_for, write_config, Daemon,
+    NotifyListener, RedisServer,
 };
 use nix::sys::signal::Signal;
 use redis::Commands;
 use std::collections::HashMap;
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -57,54 +57,6 @@ fn enqueue(config: &Path, queue: &str, class: &str, args: &str) -> String {
     let o = run(resque(config).args(["enqueue", queue, class, args, "--track"]));
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o).trim().to_string()
-}
-
-struct NotifyListener {
-    sock: UnixDatagram,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl NotifyListener {
-    fn new() -> NotifyListener {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        NotifyListener {
-            sock,
-            path,
-            _dir: dir,
-        }
-    }
-
-    /// Next datagram, if one arrives within the bound.
-    fn next(&self, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        None
-    }
-
-    /// Reads datagrams until one satisfies `pred`; returns it and everything seen before.
-    fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> (String, Vec<String>) {
-        let mut seen = Vec::new();
-        let deadline = Instant::now() + LIMIT;
-        while Instant::now() < deadline {
-            if let Some(msg) = self.next(Duration::from_millis(500)) {
-                if pred(&msg) {
-                    return (msg, seen);
-                }
-                seen.push(msg);
-            }
-        }
-        panic!("no {what} notification; saw {seen:?}");
-    }
 }
 
 #[test]

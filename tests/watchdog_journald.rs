@@ -15,7 +15,7 @@ struct Wedge;
 #[async_trait::async_trait]
 impl Handler for Wedge {
     async fn perform(&self, _job: &Job) -> Result<(), JobFailure> {
-        std::thread::sleep(Duration::from_secs(9));
+        std::thread::sleep(Duration::from_secs(12));
         Ok(())
     }
 }
@@ -54,7 +54,7 @@ async fn no_watchdog_while_a_worker_slot_is_wedged() {
         .unwrap();
     let started = Instant::now();
     let mut pings = Vec::new();
-    while started.elapsed() < Duration::from_secs(14) {
+    while started.elapsed() < Duration::from_secs(17) {
         if let Ok(Ok(n)) =
             tokio::time::timeout(Duration::from_millis(200), sock.recv(&mut buf)).await
         {
@@ -63,8 +63,9 @@ async fn no_watchdog_while_a_worker_slot_is_wedged() {
             }
         }
     }
-    // While the worker was stuck (from ~6 s, when its last tick is 5 s old, until the job ends at
-    // ~9 s) no ping was sent; before and after, pings came every half second.
+    // While the worker was stuck (from ~8 s, when its last tick is older than the wedge limit —
+    // command_timeout 5 s + 2 s —, until the job ends at ~12 s) no ping was sent; before and
+    // after, pings came every half second.
     let longest_gap = pings
         .windows(2)
         .map(|w| w[1] - w[0])
@@ -76,7 +77,7 @@ async fn no_watchdog_while_a_worker_slot_is_wedged() {
     );
     assert!(
         pings.iter().any(|t| *t < Duration::from_secs(4))
-            && pings.iter().any(|t| *t > Duration::from_secs(10)),
+            && pings.iter().any(|t| *t > Duration::from_secs(13)),
         "pings before and after the wedge: {pings:?}"
     );
     tx.send(resque::supervisor::Command::Stop { graceful: true })

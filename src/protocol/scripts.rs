@@ -27,6 +27,10 @@ local function status_key(prefix, payload)
   end
   return prefix .. 'job:' .. job.id .. ':status'
 end
+local function wrongtype(reply)
+  return type(reply) == 'table' and type(reply.err) == 'string'
+    and string.find(reply.err, 'WRONGTYPE', 1, true) ~= nil
+end
 local function usable_list(key)
   local t = redis.call('TYPE', key)['ok']
   return t == 'list' or t == 'none'
@@ -63,7 +67,8 @@ local names, seen, bad = {}, {}, {}
 for i = 6, #ARGV do
   if ARGV[i] == '*' then
     local all = redis.pcall('SMEMBERS', KEYS[5])
-    if type(all) ~= 'table' or all.err then
+    if all.err then
+      if not wrongtype(all) then return redis.error_reply(all.err) end
       bad[#bad + 1] = KEYS[5]
       all = {}
     end
@@ -78,6 +83,9 @@ end
 for _, queue in ipairs(names) do
   local payload = redis.pcall('LMOVE', prefix .. 'queue:' .. queue, KEYS[1], 'LEFT', 'RIGHT')
   if type(payload) == 'table' and payload.err then
+    -- Only a key of the wrong type is skipped; anything else (READONLY, OOM) is Redis's
+    -- problem, not the key's, and nothing has been written yet.
+    if not wrongtype(payload) then return redis.error_reply(payload.err) end
     bad[#bad + 1] = prefix .. 'queue:' .. queue
   elseif payload then
     redis.call('HSET', KEYS[2], ARGV[1], queue)

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod fault_proxy;
+
 pub struct RedisServer {
     child: Child,
     pub port: u16,
@@ -332,5 +334,54 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A NOTIFY_SOCKET the daemon under test sends its sd_notify datagrams to.
+pub struct NotifyListener {
+    sock: std::os::unix::net::UnixDatagram,
+    pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifyListener {
+    pub fn new() -> NotifyListener {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifyListener {
+            sock,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Next datagram, if one arrives within the bound.
+    pub fn next(&self, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    }
+
+    /// Reads datagrams until one satisfies `pred`; returns it and everything seen before.
+    pub fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> (String, Vec<String>) {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(msg) = self.next(Duration::from_millis(500)) {
+                if pred(&msg) {
+                    return (msg, seen);
+                }
+                seen.push(msg);
+            }
+        }
+        panic!("no {what} notification; saw {seen:?}");
     }
 }
