@@ -791,3 +791,96 @@ fn recovery_is_not_stopped_by_a_bad_entry_of_a_dead_worker() {
     );
     let _ = daemon;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Smaller ones on the same path.
+
+#[test]
+fn a_requeued_tracked_job_is_waiting_again() {
+    // Seen: after a give-back (INT, shutdown timeout) or a recovery, a tracked job waited in its
+    // queue with status RUNNING.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&redis.url(), dir.path(), "queues = [\"default\"]", 30.0);
+    let mut daemon = Daemon::start(&cfg, &[]);
+    wait_ready(&daemon, &redis, 1);
+    let ids = push_tracked(&redis, "default", 1);
+    let key = format!("resque:job:{}:status", ids[0]);
+    let status = |c: &mut redis::Connection| -> i64 {
+        let text: String = c.get(&key).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()["status"]
+            .as_i64()
+            .unwrap()
+    };
+    let mut c = redis.conn();
+    wait_for("RUNNING", Duration::from_secs(30), || {
+        (status(&mut c) == 2).then_some(())
+    });
+    daemon.signal(Signal::SIGINT);
+    daemon.wait_exit(Duration::from_secs(30));
+    let queued: usize = c.llen("resque:queue:default").unwrap();
+    assert_eq!(queued, 1, "the job went back to its queue");
+    assert_eq!(status(&mut c), 1, "WAITING again, as long as it waits");
+}
+
+#[test]
+fn an_outcome_for_a_job_taken_away_is_logged_and_clears_the_worker_record() {
+    // Seen: an outcome write that found the job no longer in flight was silently ignored and
+    // left worker:<id> set (resque-web showed the worker busy forever).
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&redis.url(), dir.path(), "queues = [\"default\"]", 2.0);
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_ready(&daemon, &redis, 1);
+    let ids = push_tracked(&redis, "default", 1);
+    let mut c = redis.conn();
+    let worker: String = wait_for("the job in flight", Duration::from_secs(30), || {
+        let keys: Vec<String> = c.keys("resque:inflight:*").unwrap();
+        keys.into_iter()
+            .find(|k| c.llen::<_, usize>(k).unwrap() == 1)
+            .map(|k| k.trim_start_matches("resque:inflight:").to_string())
+    });
+    // Another daemon's recovery takes it (as it would from a worker it judged dead).
+    let _: () = c.del(format!("resque:inflight:{worker}")).unwrap();
+    wait_for("the job to end", Duration::from_secs(30), || {
+        runs(dir.path()).contains(&ids[0]).then_some(())
+    });
+    wait_for("the warning", Duration::from_secs(10), || {
+        daemon
+            .log_text()
+            .contains("no longer in this worker's hands")
+            .then_some(())
+    });
+    let record: Option<String> = c.get(format!("resque:worker:{worker}")).unwrap();
+    assert_eq!(record, None, "worker:<id> cleared");
+    let processed: Option<i64> = c.get("resque:stat:processed").unwrap();
+    assert_eq!(
+        processed, None,
+        "not counted: the outcome was not ours to write"
+    );
+}
+
+#[test]
+fn without_client_tracking_idle_workers_look_every_interval() {
+    // A server (or a proxy in front of it) without RESP3 / CLIENT TRACKING: jobs still start,
+    // within `interval`, and the daemon says once why.
+    let redis = RedisServer::start_with(&["--rename-command", "HELLO", ""]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &redis.url(),
+        dir.path(),
+        "queues = [\"default\"]\ninterval = \"1s\"",
+        0.0,
+    );
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_ready(&daemon, &redis, 1);
+    let ids = push_tracked(&redis, "default", 3);
+    assert_all_ran_once(&redis, dir.path(), &ids, Duration::from_secs(30), &daemon);
+    std::thread::sleep(Duration::from_secs(3));
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("does not offer client tracking").count(),
+        1,
+        "said once:\n{log}"
+    );
+}

@@ -117,14 +117,26 @@ pub async fn run(
     };
     tokio::pin!(safety_net);
     let mut backoff = Duration::from_millis(200);
+    let mut unsupported_said = false;
     loop {
         let session = track(&redis, &prefixes, &wake);
+        let mut retry_in = None;
         tokio::select! {
             _ = stop.notified() => return,
             _ = &mut safety_net => {}
             result = session => {
-                if let Err(e) = result {
-                    warn!(error = %e, retry_in = ?backoff, "job wake-ups unavailable; idle workers poll every interval until Redis is back");
+                match result {
+                    // Not a fault but what this server (or a proxy in front of it) is: look
+                    // again rarely, and say it once.
+                    Err(e) if tracking_unsupported(&e) => {
+                        if !unsupported_said {
+                            warn!(error = %e, interval = ?interval, "this Redis does not offer client tracking (RESP3 HELLO / CLIENT TRACKING); idle workers look for jobs every interval instead");
+                            unsupported_said = true;
+                        }
+                        retry_in = Some(UNSUPPORTED_RETRY);
+                    }
+                    Err(e) => warn!(error = %e, retry_in = ?backoff, "job wake-ups unavailable; idle workers poll every interval until Redis is back"),
+                    Ok(()) => {}
                 }
             }
         }
@@ -134,10 +146,24 @@ pub async fn run(
         tokio::select! {
             _ = stop.notified() => return,
             _ = &mut safety_net => {}
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(retry_in.unwrap_or(backoff)) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// How often to try tracking again on a server that refused it.
+const UNSUPPORTED_RETRY: Duration = Duration::from_secs(300);
+
+/// Whether the server refused RESP3 or client tracking (not a connection problem).
+fn tracking_unsupported(e: &redis::RedisError) -> bool {
+    if e.kind() == redis::ErrorKind::RESP3NotSupported {
+        return true;
+    }
+    let text = e.to_string().to_lowercase();
+    text.contains("unknown command") && (text.contains("hello") || text.contains("client"))
+        || text.contains("noproto")
+        || text.contains("unknown subcommand")
 }
 
 async fn track(
@@ -153,6 +179,7 @@ async fn track(
     let info = redis.connection.clone().set_redis_settings(settings);
     let client = redis::Client::open(info)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // The handshake (HELLO 3) and CLIENT TRACKING are bounded by the connection's timeouts.
     let config = redis.async_config().set_push_sender(tx);
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
