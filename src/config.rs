@@ -644,7 +644,9 @@ pub fn describe_connection(info: &redis::ConnectionInfo) -> String {
         .map(|u| format!("{u}@"))
         .unwrap_or_default();
     let address = match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{user}{}:{port}", host_text(host)),
+        redis::ConnectionAddr::Tcp(host, port) => {
+            format!("redis://{user}{}:{port}", host_text(host))
+        }
         redis::ConnectionAddr::TcpTls { host, port, .. } => {
             format!("rediss://{user}{}:{port}", host_text(host))
         }

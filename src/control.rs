@@ -201,7 +201,10 @@ pub fn prepare_runtime_dir(dir: &Path, access: &Access) -> Result<(), TrustError
                         TrustError(format!("cannot create directory {}: {e}", parent.display()))
                     })?;
             }
-            match std::fs::DirBuilder::new().mode(access.dir_mode()).create(dir) {
+            match std::fs::DirBuilder::new()
+                .mode(access.dir_mode())
+                .create(dir)
+            {
                 Ok(()) => {}
                 // Created by someone else meanwhile: the checks below decide.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -450,9 +453,15 @@ pub async fn request(
             peer.uid()
         )));
     }
-    stream.write_all(format!("{what}\n").as_bytes()).await?;
+    // A daemon refusing us answers without reading, and may close before our request is
+    // written: its answer still counts.
+    let sent = stream.write_all(format!("{what}\n").as_bytes()).await;
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).await?;
+    let read = BufReader::new(stream.take(4096)).read_line(&mut line).await;
+    if line.is_empty() {
+        sent?;
+        read?;
+    }
     let line = line.trim();
     if let Some(rest) = line.strip_prefix("ok") {
         let pid = rest

@@ -407,7 +407,24 @@ async fn daemon_request(
         let owner = resque::control::check_runtime_dir(&runtime).map_err(|e| {
             Failure::new(exit::FAILURE, format!("{e}; not using its control socket"))
         })?;
-        resque::control::request(&socket, what, owner).await.ok()
+        match resque::control::request(&socket, what, owner).await {
+            Ok(reply) => Some(reply),
+            // Nobody listens (a daemon killed without cleaning up): try the PID file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    format!("cannot use control socket {}: {e}", socket.display()),
+                ))
+            }
+        }
     } else {
         None
     };

@@ -157,12 +157,13 @@ fn exe_of(pid: &str) -> std::io::Result<PathBuf> {
 /// signalled: it runs the resque binary (ours, or one named `resque`), as `resque start`, as the
 /// PID file's owner. The error says what the pid is instead.
 pub fn check_daemon(pid: u32, owner: u32) -> Result<(), String> {
-    let not = |what: String| format!("pid {pid} is not a resque daemon ({what}); not signalling it");
+    let not =
+        |what: String| format!("pid {pid} is not a resque daemon ({what}); not signalling it");
     let exe = exe_of(&pid.to_string())
         .map_err(|e| format!("cannot tell what pid {pid} runs ({e}); not signalling it"))?;
     let own = exe_of("self").ok();
-    let is_resque = own.as_deref() == Some(exe.as_path())
-        || exe.file_name().is_some_and(|n| n == "resque");
+    let is_resque =
+        own.as_deref() == Some(exe.as_path()) || exe.file_name().is_some_and(|n| n == "resque");
     if !is_resque {
         return Err(not(format!("it runs {}", exe.display())));
     }
