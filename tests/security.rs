@@ -181,8 +181,16 @@ fn issue13_a_numeric_or_unquoted_password_is_not_echoed() {
     assert!(stderr(&o).contains("redis.password"), "{}", stderr(&o));
 }
 
-#[test]
-fn issue13_exec_and_php_jobs_do_not_get_the_daemons_environment() {
+/// What an exec job and a PHP job see in their environment under a daemon started with
+/// `REDIS_BACKEND` carrying the password and the rest of the daemon's variables; the handlers'
+/// `pass_env` lines are `exec_pass` and `php_pass`.
+struct JobEnvs {
+    exec: String,
+    php: String,
+    exec_job_id: String,
+}
+
+fn job_envs(exec_pass: &str, php_pass: &str) -> JobEnvs {
     let (redis, _sock) = redis_with_password();
     let dir = tempfile::tempdir().unwrap();
     let creds = tempfile::tempdir().unwrap();
@@ -205,13 +213,13 @@ fn issue13_exec_and_php_jobs_do_not_get_the_daemons_environment() {
 class = "PhpDump"
 type = "php"
 bootstrap = "{bootstrap}"
-pass_env = ["REDIS_BACKEND_DB"]
+{php_pass}
 [[handler]]
 class = "*"
 type = "exec"
 command = ["/bin/sh", "-c", 'env > {dir}/env.$RESQUE_JOB_ID']
 env = {{ APP_ENV = "prod" }}
-pass_env = ["PREFIX"]
+{exec_pass}
 "#,
             bootstrap = bootstrap.display(),
             dir = dir.path().display()
@@ -234,18 +242,34 @@ pass_env = ["PREFIX"]
     ];
     let mut daemon = Daemon::start(&config, &env);
     let id = enqueue(&config, &[("REDIS_BACKEND", backend.as_str())], "default");
-    let job_env = wait_file(&dir.path().join(format!("env.{id}")));
+    let exec = wait_file(&dir.path().join(format!("env.{id}")));
     let _ = enqueue_class(&config, &backend, "PhpDump");
-    let php_env = wait_file(&dir.path().join("env.php"));
+    let php = wait_file(&dir.path().join("env.php"));
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit(LIMIT), Some(0), "{}", daemon.log_text());
+    assert_no_secret("the daemon's log", &daemon.log_text(), PASSWORD);
+    JobEnvs {
+        exec,
+        php,
+        exec_job_id: id,
+    }
+}
 
-    for (what, text) in [("exec job", &job_env), ("PHP job", &php_env)] {
+fn has_var(env: &str, name: &str) -> bool {
+    env.lines().any(|l| l.starts_with(&format!("{name}=")))
+}
+
+#[test]
+fn issue13_exec_and_php_jobs_do_not_get_the_daemons_environment() {
+    let envs = job_envs("", "");
+    for (what, text) in [("exec job", &envs.exec), ("PHP job", &envs.php)] {
         assert_no_secret(what, text, PASSWORD);
         for name in [
             "REDIS_BACKEND",
+            "REDIS_BACKEND_DB",
             "QUEUE",
             "COUNT",
+            "PREFIX",
             "BLOCKING",
             "CREDENTIALS_DIRECTORY",
             "RUNTIME_DIRECTORY",
@@ -256,28 +280,38 @@ pass_env = ["PREFIX"]
             "LISTEN_FDNAMES",
         ] {
             assert!(
-                !text.lines().any(|l| l.starts_with(&format!("{name}="))),
+                !has_var(text, name),
                 "{what} got the daemon's {name}:\n{text}"
             );
         }
         assert!(
-            text.contains("PATH="),
+            has_var(text, "PATH"),
             "{what} keeps an ordinary environment"
         );
     }
-    // What jobs are promised, what the handler sets, and what pass_env lets through.
+    // What jobs are promised, and what the handler sets.
+    let job = &envs.exec;
     assert!(
-        job_env.contains(&format!("RESQUE_JOB_ID={id}")),
-        "{job_env}"
+        job.contains(&format!("RESQUE_JOB_ID={}", envs.exec_job_id)),
+        "{job}"
     );
-    assert!(job_env.contains("RESQUE_JOB_CLASS=Dump"), "{job_env}");
-    assert!(job_env.contains("RESQUE_QUEUE=default"), "{job_env}");
-    assert!(job_env.contains("APP_ENV=prod"), "{job_env}");
-    assert!(job_env.contains("PREFIX=resque"), "{job_env}");
-    assert!(!job_env.contains("REDIS_BACKEND_DB="), "{job_env}");
-    assert!(php_env.contains("REDIS_BACKEND_DB=0"), "{php_env}");
-    assert!(!php_env.contains("PREFIX="), "{php_env}");
-    assert_no_secret("the daemon's log", &daemon.log_text(), PASSWORD);
+    assert!(job.contains("RESQUE_JOB_CLASS=Dump"), "{job}");
+    assert!(job.contains("RESQUE_QUEUE=default"), "{job}");
+    assert!(job.contains("APP_ENV=prod"), "{job}");
+    assert!(has_var(&envs.php, "RESQUE_RUNNER"), "{}", envs.php);
+}
+
+#[test]
+fn issue13_pass_env_lets_a_named_daemon_variable_through() {
+    let envs = job_envs(
+        "pass_env = [\"PREFIX\"]",
+        "pass_env = [\"REDIS_BACKEND_DB\"]",
+    );
+    assert!(envs.exec.contains("PREFIX=resque"), "{}", envs.exec);
+    assert!(!has_var(&envs.exec, "REDIS_BACKEND_DB"), "{}", envs.exec);
+    assert!(envs.php.contains("REDIS_BACKEND_DB=0"), "{}", envs.php);
+    assert!(!has_var(&envs.php, "PREFIX"), "{}", envs.php);
+    assert!(!has_var(&envs.php, "REDIS_BACKEND"), "{}", envs.php);
 }
 
 fn enqueue_class(config: &Path, backend: &str, class: &str) -> String {
@@ -583,17 +617,25 @@ fn issue13_a_pre_created_runtime_dir_is_refused_by_daemon_and_client() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let o = as_user(victim, resque_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["start", "--instance", &instance])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let log = dir.path().join("victim.log");
+    let mut start = KillOnDrop(
+        as_user(victim, resque_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(["start", "--instance", &instance])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_for("the victim's daemon refuses to start", LIMIT, || {
+        start.0.try_wait().unwrap()
+    });
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
-        stderr(&o).contains(&format!("belongs to uid {}", attacker.0)),
-        "{}",
-        stderr(&o)
+        err.contains(&format!("belongs to uid {}", attacker.0)),
+        "{err}"
     );
     assert_eq!(
         std::fs::read_to_string(&victims_file).unwrap(),
@@ -732,17 +774,21 @@ fn issue13_a_second_daemon_cannot_take_a_live_control_socket() {
     );
     first.wait_control_socket();
     let runtime = first.runtime.path().to_str().unwrap().to_string();
-    let mut second = resque(&config)
-        .args(["start", "--pid"])
-        .arg(dir.path().join("second.pid"))
-        .env("RUNTIME_DIRECTORY", &runtime)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_for("second daemon exits", LIMIT, || second.try_wait().unwrap());
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    let log = dir.path().join("second.log");
+    let mut second = KillOnDrop(
+        resque(&config)
+            .args(["start", "--pid"])
+            .arg(dir.path().join("second.pid"))
+            .env("RUNTIME_DIRECTORY", &runtime)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_for("second daemon exits", LIMIT, || {
+        second.0.try_wait().unwrap()
+    });
+    let err = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("in use by another resque daemon") && err.contains(&first.pid().to_string()),
