@@ -1231,6 +1231,144 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_built_from_the_parsed_connection_never_the_url_text() {
+        let none = Overrides::default();
+        let path = Path::new("/x.toml");
+        for (url, shown) in [
+            (
+                "unix:///run/redis/redis.sock?db=1&pass=S3cret",
+                "unix:///run/redis/redis.sock db 1",
+            ),
+            (
+                "unix:///run/redis/redis.sock?user=app&pass=S3cret",
+                "unix:///run/redis/redis.sock user app db 0",
+            ),
+            (
+                "redis://app:S3cret@10.0.0.2:6390/3",
+                "redis://app@10.0.0.2:6390 db 3",
+            ),
+            (
+                "redis://:S3cret@localhost/2?x=S3cret",
+                "redis://localhost:6379 db 2",
+            ),
+            ("rediss://:S3cret@[::1]:6380", "rediss://[::1]:6380 db 0"),
+        ] {
+            let c = from_str(
+                &format!("[redis]\nurl = \"{url}\"\n"),
+                path,
+                None,
+                &none,
+                &none,
+            )
+            .unwrap();
+            assert_eq!(c.redis.display, shown);
+            assert!(!format!("{:?}", c.redis).contains("S3cret"));
+            assert_eq!(
+                c.redis.connection.redis_settings().password(),
+                Some("S3cret")
+            );
+        }
+        // Unparseable URLs are named without their secret parts.
+        for url in [
+            "redis://:S3cret@host:notaport",
+            "http://u:S3cret@h",
+            "u:S3cret@h",
+        ] {
+            let e = parse(&format!("[redis]\nurl = \"{url}\"\n")).unwrap_err();
+            assert_eq!(e.key, "redis.url");
+            assert!(!e.to_string().contains("S3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_values_are_not_echoed_in_type_errors() {
+        for text in [
+            "[redis]\npassword = 12345678\n",
+            "[redis]\npassword = true\n",
+            "[redis]\npassword = [\"12345678\"]\n",
+            "[[handler]]\nclass = \"*\"\ntype = \"exec\"\ncommand = [\"x\"]\nenv = { K = 12345678 }\n",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.to_string().contains("12345678"), "{e}");
+            assert!(e.message.contains("must be a string"), "{e}");
+        }
+        let e = parse("[redis]\npassword = 12345678\n").unwrap_err();
+        assert_eq!(
+            (e.origin.as_str(), e.key.as_str()),
+            ("/etc/resque.toml:2", "redis.password")
+        );
+    }
+
+    #[test]
+    fn password_from_file_or_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "fromfile\r\n").unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join(PASSWORD_CREDENTIAL), "fromcred").unwrap();
+        let path = Path::new("/x.toml");
+        let none = Overrides::default();
+        let with_creds = Overrides {
+            credentials_dir: Some(creds.clone()),
+            ..Overrides::default()
+        };
+        let password = |text: &str, env: &Overrides| {
+            from_str(text, path, None, env, &none).map(|c| {
+                c.redis
+                    .connection
+                    .redis_settings()
+                    .password()
+                    .map(str::to_string)
+            })
+        };
+        let file_key = format!("[redis]\npassword_file = \"{}\"\n", file.display());
+        assert_eq!(
+            password(&file_key, &none).unwrap().as_deref(),
+            Some("fromfile")
+        );
+        // The configuration's own password wins over the credential; the credential fills in.
+        assert_eq!(
+            password(&file_key, &with_creds).unwrap().as_deref(),
+            Some("fromfile")
+        );
+        assert_eq!(
+            password("[redis]\nurl = \"redis://:inurl@h\"\n", &with_creds)
+                .unwrap()
+                .as_deref(),
+            Some("inurl")
+        );
+        assert_eq!(
+            password("", &with_creds).unwrap().as_deref(),
+            Some("fromcred")
+        );
+        assert_eq!(password("", &none).unwrap(), None);
+        // From the environment, as systemd sets it.
+        let env = Overrides::from_vars(|k| {
+            (k == "CREDENTIALS_DIRECTORY").then(|| creds.display().to_string())
+        });
+        assert_eq!(password("", &env).unwrap().as_deref(), Some("fromcred"));
+        // A credentials directory without our credential is fine.
+        let other = Overrides {
+            credentials_dir: Some(dir.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        assert_eq!(password("", &other).unwrap(), None);
+        let e = password(
+            &format!(
+                "[redis]\npassword = \"x\"\npassword_file = \"{}\"\n",
+                file.display()
+            ),
+            &none,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "redis.password_file");
+        std::fs::write(&file, "\n").unwrap();
+        let e = password(&file_key, &none).unwrap_err();
+        assert!(e.message.contains("is empty"), "{e}");
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(Seconds::parse("5").unwrap().0, Duration::from_secs(5));
         assert_eq!(Seconds::parse("0.5").unwrap().0, Duration::from_millis(500));

@@ -518,6 +518,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_daemons_variables_are_known() {
+        for name in [
+            "REDIS_BACKEND",
+            "QUEUE",
+            "RESQUE_CONFIG",
+            "RESQUE_LOG_TARGET",
+            "CREDENTIALS_DIRECTORY",
+            "WATCHDOG_USEC",
+            "LISTEN_FDNAMES",
+            "JOURNAL_STREAM",
+        ] {
+            assert!(is_daemon_env(OsStr::new(name)), "{name}");
+        }
+        for name in ["PATH", "HOME", "LANG", "APP_ENV", "REDIS_HOST"] {
+            assert!(!is_daemon_env(OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
     fn statuses_read_well() {
         assert_eq!(describe_status(ExitStatus::from_raw(3 << 8)), "exit code 3");
         assert_eq!(
