@@ -128,7 +128,10 @@ fn describe_mode(mode: u32) -> String {
 /// Checks that `dir` can hold our socket and PID file: a directory (not a symbolic link) owned
 /// by `owner_ok`'s choice, writable by nobody else, under parents that only root or we can
 /// change (a root-owned sticky directory like /tmp is fine). Returns the directory's owner.
-fn check_dir(dir: &Path, owner_ok: impl Fn(u32) -> bool) -> Result<u32, TrustError> {
+fn check_dir(
+    dir: &Path,
+    owner_ok: impl Fn(&std::fs::Metadata) -> bool,
+) -> Result<u32, TrustError> {
     let me = Uid::effective().as_raw();
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| TrustError(format!("runtime directory {}: {e}", dir.display())))?;
@@ -144,7 +147,7 @@ fn check_dir(dir: &Path, owner_ok: impl Fn(u32) -> bool) -> Result<u32, TrustErr
             dir.display()
         )));
     }
-    if !owner_ok(meta.uid()) {
+    if !owner_ok(&meta) {
         return Err(TrustError(format!(
             "runtime directory {} belongs to uid {}, not to uid {me}: someone else created it; \
              remove it or use another (RUNTIME_DIRECTORY, XDG_RUNTIME_DIR)",
@@ -224,15 +227,26 @@ pub fn prepare_runtime_dir(dir: &Path, access: &Access) -> Result<(), TrustError
         }
     }
     let me = access.uid.as_raw();
-    check_dir(dir, |owner| owner == me).map(|_| ())
+    check_dir(dir, |meta| meta.uid() == me).map(|_| ())
 }
 
 /// The client's check before it talks to a daemon through `dir`: the directory must belong to
-/// us or root (any user, when we are root: root stops daemons of service users) and be writable
-/// by nobody else. Returns the directory's owner, whom the daemon answering must run as.
+/// us or root, or to a user who shares it with a group of ours (`/run/resque/NAME` of the unit's
+/// `Group=`; any user when we are root: root stops daemons of service users), and be writable by
+/// nobody else. Returns the directory's owner, whom the daemon answering must run as.
 pub fn check_runtime_dir(dir: &Path) -> Result<u32, TrustError> {
     let me = Uid::effective().as_raw();
-    check_dir(dir, |owner| me == 0 || owner == me || owner == 0)
+    check_dir(dir, |meta| {
+        let owner = meta.uid();
+        let shared_with_us = meta.mode() & 0o050 == 0o050 && in_our_groups(meta.gid());
+        me == 0 || owner == me || owner == 0 || shared_with_us
+    })
+}
+
+/// Whether `gid` is our effective group or one of our supplementary groups.
+fn in_our_groups(gid: u32) -> bool {
+    Gid::effective().as_raw() == gid
+        || nix::unistd::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
 }
 
 /// What `serve` could not do.
