@@ -923,7 +923,13 @@ fn resolve(
     let file_origin = path.display().to_string();
     let mut worker = file.worker.clone();
     if let Some(name) = instance {
-        if name.is_empty() || name.contains(char::is_whitespace) {
+        // The name is also a directory name (the runtime directory /run/resque/NAME).
+        if name.is_empty()
+            || name.contains(char::is_whitespace)
+            || name.contains(['/', '\0'])
+            || name == "."
+            || name == ".."
+        {
             return Err(ConfigError::new(
                 "flag --instance",
                 "instance",
@@ -1204,6 +1210,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.origin, "environment variable COUNT");
+        // An instance name is a directory name too.
+        for bad in ["../etc", "..", "a/b"] {
+            let e = from_str(text, path, Some(bad), &none, &none).unwrap_err();
+            assert_eq!(e.key, "instance", "{bad}");
+        }
     }
 
     #[test]

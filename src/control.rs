@@ -128,10 +128,7 @@ fn describe_mode(mode: u32) -> String {
 /// Checks that `dir` can hold our socket and PID file: a directory (not a symbolic link) owned
 /// by `owner_ok`'s choice, writable by nobody else, under parents that only root or we can
 /// change (a root-owned sticky directory like /tmp is fine). Returns the directory's owner.
-fn check_dir(
-    dir: &Path,
-    owner_ok: impl Fn(&std::fs::Metadata) -> bool,
-) -> Result<u32, TrustError> {
+fn check_dir(dir: &Path, owner_ok: impl Fn(&std::fs::Metadata) -> bool) -> Result<u32, TrustError> {
     let me = Uid::effective().as_raw();
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| TrustError(format!("runtime directory {}: {e}", dir.display())))?;
