@@ -53,8 +53,10 @@ pub fn socket_path(runtime_dir: &Path) -> PathBuf {
 }
 
 /// Who may use the control socket: root and the daemon's user always; the daemon's group too
-/// when systemd started it (`INVOCATION_ID`) with a group other than root's, so that the unit's
-/// `Group=` (members of `resque`) can run `resque stop`.
+/// when a systemd unit with `RuntimeDirectory=` started it (`INVOCATION_ID` and
+/// `RUNTIME_DIRECTORY` both set) with a group other than root's, so that the unit's `Group=`
+/// (members of `resque`) can run `resque stop`. (`INVOCATION_ID` alone is not enough: a shell in
+/// a terminal started as a systemd user service has it too.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
     pub uid: Uid,
@@ -63,7 +65,8 @@ pub struct Access {
 
 impl Access {
     pub fn from_env() -> Access {
-        let under_systemd = std::env::var_os("INVOCATION_ID").is_some_and(|v| !v.is_empty());
+        let set = |name| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        let under_systemd = set("INVOCATION_ID") && set("RUNTIME_DIRECTORY");
         let gid = Gid::effective();
         Access {
             uid: Uid::effective(),

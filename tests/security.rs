@@ -829,3 +829,73 @@ fn issue13_an_oversized_control_request_is_refused() {
     let o = daemon.ctl(&["resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn issue13_under_systemd_the_units_group_may_use_the_socket_and_nobody_else() {
+    let Some(daemon_user) = other_user("resque-t13-user") else {
+        return;
+    };
+    let Some(member) = other_user("resque-t13-member") else {
+        return;
+    };
+    let Some(stranger) = other_user("resque-t13-evil") else {
+        return;
+    };
+    let redis = RedisServer::start();
+    let dir = shared_dir();
+    let config = world_readable_config(dir.path(), &redis);
+    // What systemd makes of User=, Group=, RuntimeDirectory=, RuntimeDirectoryMode=0750.
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    std::os::unix::fs::chown(&runtime, Some(daemon_user.0), Some(daemon_user.1)).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let log = dir.path().join("daemon.log");
+    let _daemon = KillOnDrop(
+        as_user(daemon_user, resque_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("start")
+            .env("RUNTIME_DIRECTORY", &runtime)
+            .env("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let socket = runtime.join("control.sock");
+    wait_for("control socket", LIMIT, || socket.exists().then_some(()));
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), daemon_user.1);
+
+    let ctl = |user: (u32, u32), groups: Option<u32>, what: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", user.0))
+            .arg(format!("--regid={}", user.1));
+        match groups {
+            Some(g) => cmd.arg(format!("--groups={g}")),
+            None => cmd.arg("--clear-groups"),
+        };
+        cmd.arg("--")
+            .arg(resque_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg(what)
+            .env("RUNTIME_DIRECTORY", &runtime)
+            .env_remove("INVOCATION_ID")
+            .output()
+            .unwrap()
+    };
+    // Not a member: cannot even reach it.
+    let o = ctl(stranger, None, "pause");
+    assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("paused"), "{text}");
+    // A member of the daemon's group (a supplementary group, as `usermod -aG resque` gives).
+    let o = ctl(member, Some(daemon_user.1), "pause");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("paused"), "{}", stdout(&o));
+    let o = ctl(member, Some(daemon_user.1), "resume");
+    assert!(o.status.success(), "{}", stderr(&o));
+}
