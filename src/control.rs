@@ -189,8 +189,8 @@ fn check_dir(dir: &Path, owner_ok: impl Fn(&std::fs::Metadata) -> bool) -> Resul
     Ok(dir_owner)
 }
 
-/// Creates the daemon's runtime directory if missing (mode [`Access::dir_mode`], its missing parents too)
-/// and refuses one that exists but is not ours or is writable by others.
+/// Creates the daemon's runtime directory if missing (mode [`Access::dir_mode`], and so are its
+/// missing parents) and refuses one that exists but is not ours or is writable by others.
 pub fn prepare_runtime_dir(dir: &Path, access: &Access) -> Result<(), TrustError> {
     match std::fs::symlink_metadata(dir) {
         Ok(_) => {}
