@@ -40,7 +40,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub instance: Option<String>,
     /// Redis URL (redis://[:password@]host:port/db, rediss://…, unix:///path?db=N); overrides
-    /// the file and REDIS_BACKEND.
+    /// the file and REDIS_BACKEND. A password here is visible to every local user in `ps`: give
+    /// it with `[redis] password_file` or a systemd credential (redis-password) instead.
     #[arg(long, global = true, value_name = "URL")]
     pub redis: Option<String>,
     /// Key namespace (default "resque"; "" for none); overrides the file and PREFIX.

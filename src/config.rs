@@ -221,6 +221,52 @@ pub enum OnLost {
     Fail,
 }
 
+/// A string whose value is never shown: a TOML type error on it says what was expected, not what
+/// was written (`password = 12345678` must not echo the number).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        const NOT_SHOWN: &str = "must be a string in quotes (the value written is not shown)";
+        macro_rules! refuse {
+            ($($name:ident: $t:ty),*) => {
+                $( fn $name<E: serde::de::Error>(self, _: $t) -> Result<Secret, E> {
+                    Err(E::custom(NOT_SHOWN))
+                } )*
+            };
+        }
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            refuse!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_i128: i128,
+                visit_u128: u128, visit_f64: f64, visit_char: char, visit_bytes: &[u8]);
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(serde::de::Error::custom(NOT_SHOWN))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(serde::de::Error::custom(NOT_SHOWN))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The file, as written.
 
@@ -246,7 +292,9 @@ struct RedisSection {
     socket: Option<PathBuf>,
     database: Option<i64>,
     username: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
+    /// A file holding the password (its trailing newline ignored).
+    password_file: Option<PathBuf>,
     namespace: Option<String>,
     connect_timeout: Option<Seconds>,
     command_timeout: Option<Seconds>,
@@ -305,7 +353,9 @@ struct HandlerSection {
     timeout: Option<Seconds>,
     grace: Option<Seconds>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Secret>,
+    #[serde(default)]
+    pass_env: Vec<String>,
     working_dir: Option<PathBuf>,
     php: Option<String>,
     bootstrap: Option<PathBuf>,
@@ -425,6 +475,9 @@ pub struct Overrides {
     pub database: Option<String>,
     pub namespace: Option<String>,
     pub shutdown_timeout: Option<String>,
+    /// systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`): its `redis-password` is the
+    /// password when nothing else gives one.
+    pub credentials_dir: Option<PathBuf>,
 }
 
 /// Where a setting came from, to name it in errors.
@@ -462,6 +515,7 @@ impl Overrides {
             database: get("REDIS_BACKEND_DB"),
             namespace: get("PREFIX"),
             shutdown_timeout: None,
+            credentials_dir: get("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         }
     }
 }
@@ -555,38 +609,97 @@ fn backend_to_url(backend: &str) -> String {
     }
 }
 
-/// Hides the password of a URL.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let shown = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_string()
-            };
-            format!("{}{}{}", &url[..scheme_end + 3], shown, &url[at..])
+/// A Redis URL in an error message: scheme, host, port and path when it parses, only the scheme
+/// otherwise, never its user part or query (`redis://:pw@h`, `unix:///s.sock?pass=pw`).
+fn url_for_error(url: &str) -> String {
+    if let Some(u) = redis::parse_redis_url(url) {
+        let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+        return format!(
+            "{}://{}{port}{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default(),
+            u.path()
+        );
+    }
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+        {
+            format!("{scheme}://…")
         }
-        _ => url.to_string(),
+        _ => "(value not shown)".to_string(),
     }
 }
+
+/// The address of a Redis for logs, STATUS= and errors, built from the parsed connection
+/// (scheme, user, host and port or socket path, database), so that nothing of the URL's text
+/// (a password, a `?pass=` query) can reach it.
+pub fn describe_connection(info: &redis::ConnectionInfo) -> String {
+    let settings = info.redis_settings();
+    let user = settings
+        .username()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let address = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => {
+            format!("redis://{user}{}:{port}", host_text(host))
+        }
+        redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("rediss://{user}{}:{port}", host_text(host))
+        }
+        redis::ConnectionAddr::Unix(path) => match settings.username() {
+            Some(u) => format!("unix://{} user {u}", path.display()),
+            None => format!("unix://{}", path.display()),
+        },
+        // A kind of address this version does not know how to show.
+        _ => "redis (address not shown)".to_string(),
+    };
+    format!("{address} db {}", settings.db())
+}
+
+/// An IPv6 address in brackets, as in a URL.
+fn host_text(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// The content of a password file without its trailing line break.
+fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(format!("password file {} is empty", path.display()));
+    }
+    Ok(password.to_string())
+}
+
+/// The name of the systemd credential holding the Redis password
+/// (`LoadCredential=redis-password:/etc/resque/redis-password`).
+pub const PASSWORD_CREDENTIAL: &str = "redis-password";
 
 fn build_redis(
     section: &RedisSection,
     origin: &str,
     over_db: Option<i64>,
+    credentials_dir: Option<&Path>,
 ) -> Result<RedisConfig, ConfigError> {
     use redis::IntoConnectionInfo;
     let err = |key: &str, msg: String| ConfigError::new(origin, key, msg);
-    let (mut info, display) = if let Some(url) = &section.url {
+    let mut info = if let Some(url) = &section.url {
         if section.host.is_some() || section.port.is_some() || section.socket.is_some() {
             return Err(err(
                 "redis.url",
                 "give either url or host/port/socket, not both".into(),
             ));
         }
-        let redacted = redact_url(url);
+        let shown = url_for_error(url);
         let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
             .iter()
             .any(|s| url.starts_with(s));
@@ -594,33 +707,30 @@ fn build_redis(
             return Err(err(
                 "redis.url",
                 format!(
-                    "{redacted:?} is not a Redis URL; use redis://host:port/db, rediss://… or unix:///path/to/redis.sock"
+                    "{shown:?} is not a Redis URL; use redis://host:port/db, rediss://… or unix:///path/to/redis.sock"
                 ),
             ));
         }
-        let info = url.as_str().into_connection_info().map_err(|e| {
-            // The library's message never contains the URL; ours shows it without password.
+        url.as_str().into_connection_info().map_err(|e| {
+            // The library's message never contains the URL; ours shows it without secrets.
             err(
                 "redis.url",
-                format!("{redacted:?} is not a valid Redis URL ({:?})", e.kind()),
+                format!("{shown:?} is not a valid Redis URL ({:?})", e.kind()),
             )
-        })?;
-        (info, redacted)
+        })?
     } else if let Some(socket) = &section.socket {
-        let info = redis::ConnectionAddr::Unix(socket.clone())
+        redis::ConnectionAddr::Unix(socket.clone())
             .into_connection_info()
-            .map_err(|e| err("redis.socket", format!("{e}")))?;
-        (info, format!("unix://{}", socket.display()))
+            .map_err(|e| err("redis.socket", format!("{e}")))?
     } else {
         let host = section.host.clone().unwrap_or_else(|| "127.0.0.1".into());
         let port = section.port.unwrap_or(6379);
         if host.is_empty() {
             return Err(err("redis.host", "must not be empty".into()));
         }
-        let info = redis::ConnectionAddr::Tcp(host.clone(), port)
+        redis::ConnectionAddr::Tcp(host, port)
             .into_connection_info()
-            .map_err(|e| err("redis.host", format!("{e}")))?;
-        (info, format!("redis://{host}:{port}"))
+            .map_err(|e| err("redis.host", format!("{e}")))?
     };
     let mut settings = info.redis_settings().clone();
     if let Some(db) = section.database.or(over_db) {
@@ -635,8 +745,34 @@ fn build_redis(
     if let Some(user) = &section.username {
         settings = settings.set_username(user);
     }
-    if let Some(pass) = &section.password {
-        settings = settings.set_password(pass);
+    // The password: `password` or `password_file`, else the URL's, else the systemd credential.
+    match (&section.password, &section.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "redis.password_file",
+                "give either password or password_file, not both".into(),
+            ))
+        }
+        (Some(pass), None) => settings = settings.set_password(&pass.0),
+        (None, Some(file)) => {
+            let pass = read_password_file(file).map_err(|m| err("redis.password_file", m))?;
+            settings = settings.set_password(pass);
+        }
+        (None, None) => {
+            if let Some(dir) = credentials_dir.filter(|_| settings.password().is_none()) {
+                let file = dir.join(PASSWORD_CREDENTIAL);
+                if file.exists() {
+                    let pass = read_password_file(&file).map_err(|m| {
+                        ConfigError::new(
+                            "environment variable CREDENTIALS_DIRECTORY",
+                            "redis.password",
+                            m,
+                        )
+                    })?;
+                    settings = settings.set_password(pass);
+                }
+            }
+        }
     }
     info = info.set_redis_settings(settings);
     // Workers share connections: without TCP_NODELAY one worker's command waits behind
@@ -655,7 +791,7 @@ fn build_redis(
         .set_keepalive(keepalive)
         .set_user_timeout(Duration::from_secs(20));
     info = info.set_tcp_settings(tcp);
-    let display = format!("{display} db {}", info.redis_settings().db());
+    let display = describe_connection(&info);
     Ok(RedisConfig {
         connection: info,
         namespace: crate::protocol::normalize_namespace(
@@ -799,7 +935,13 @@ fn resolve(
     let file_origin = path.display().to_string();
     let mut worker = file.worker.clone();
     if let Some(name) = instance {
-        if name.is_empty() || name.contains(char::is_whitespace) {
+        // The name is also a directory name (the runtime directory /run/resque/NAME).
+        if name.is_empty()
+            || name.contains(char::is_whitespace)
+            || name.contains(['/', '\0'])
+            || name == "."
+            || name == ".."
+        {
             return Err(ConfigError::new(
                 "flag --instance",
                 "instance",
@@ -828,7 +970,11 @@ fn resolve(
         &mut redis_section,
         &mut app_include,
     )?;
-    let redis = build_redis(&redis_section, &file_origin, None)?;
+    let credentials = flags
+        .credentials_dir
+        .as_deref()
+        .or(env.credentials_dir.as_deref());
+    let redis = build_redis(&redis_section, &file_origin, None, credentials)?;
 
     let worker = WorkerConfig {
         queues: worker
@@ -917,7 +1063,23 @@ fn build_handler(
         ("max_memory", h.max_memory.is_some()),
         ("runner", h.runner.is_some()),
     ];
-    let env: Vec<(String, String)> = h.env.clone().into_iter().collect();
+    let env: Vec<(String, String)> = h
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    if let Some(bad) = h
+        .pass_env
+        .iter()
+        .find(|n| n.is_empty() || n.contains(['=', '\0']))
+    {
+        return Err(ConfigError::new(
+            origin,
+            "handler.pass_env",
+            format!("{bad:?} is not an environment variable name"),
+        ));
+    }
+    let pass_env = h.pass_env.clone();
     let kind = match h.kind {
         HandlerType::Exec => {
             if let Some((key, _)) = php_only.iter().find(|(_, set)| *set) {
@@ -943,6 +1105,7 @@ fn build_handler(
                 grace: h.grace.map(|s| s.0).unwrap_or(Duration::from_secs(10)),
                 working_dir: h.working_dir.clone(),
                 env,
+                pass_env,
             })
         }
         HandlerType::Php => {
@@ -971,6 +1134,7 @@ fn build_handler(
                 grace: h.grace.map(|s| s.0).unwrap_or(defaults.grace),
                 working_dir: h.working_dir.clone(),
                 env,
+                pass_env,
             })
         }
     };
@@ -1058,6 +1222,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.origin, "environment variable COUNT");
+        // An instance name is a directory name too.
+        for bad in ["../etc", "..", "a/b"] {
+            let e = from_str(text, path, Some(bad), &none, &none).unwrap_err();
+            assert_eq!(e.key, "instance", "{bad}");
+        }
     }
 
     #[test]
@@ -1082,6 +1251,144 @@ mod tests {
         assert_eq!(c.redis.connection.redis_settings().db(), 2);
         assert_eq!(c.redis.namespace, "");
         assert!(!format!("{:?} {}", c.redis, c.redis.display).contains("pw"));
+    }
+
+    #[test]
+    fn addresses_are_built_from_the_parsed_connection_never_the_url_text() {
+        let none = Overrides::default();
+        let path = Path::new("/x.toml");
+        for (url, shown) in [
+            (
+                "unix:///run/redis/redis.sock?db=1&pass=S3cret",
+                "unix:///run/redis/redis.sock db 1",
+            ),
+            (
+                "unix:///run/redis/redis.sock?user=app&pass=S3cret",
+                "unix:///run/redis/redis.sock user app db 0",
+            ),
+            (
+                "redis://app:S3cret@10.0.0.2:6390/3",
+                "redis://app@10.0.0.2:6390 db 3",
+            ),
+            (
+                "redis://:S3cret@localhost/2?x=S3cret",
+                "redis://localhost:6379 db 2",
+            ),
+            ("rediss://:S3cret@[::1]:6380", "rediss://[::1]:6380 db 0"),
+        ] {
+            let c = from_str(
+                &format!("[redis]\nurl = \"{url}\"\n"),
+                path,
+                None,
+                &none,
+                &none,
+            )
+            .unwrap();
+            assert_eq!(c.redis.display, shown);
+            assert!(!format!("{:?}", c.redis).contains("S3cret"));
+            assert_eq!(
+                c.redis.connection.redis_settings().password(),
+                Some("S3cret")
+            );
+        }
+        // Unparseable URLs are named without their secret parts.
+        for url in [
+            "redis://:S3cret@host:notaport",
+            "http://u:S3cret@h",
+            "u:S3cret@h",
+        ] {
+            let e = parse(&format!("[redis]\nurl = \"{url}\"\n")).unwrap_err();
+            assert_eq!(e.key, "redis.url");
+            assert!(!e.to_string().contains("S3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_values_are_not_echoed_in_type_errors() {
+        for text in [
+            "[redis]\npassword = 12345678\n",
+            "[redis]\npassword = true\n",
+            "[redis]\npassword = [\"12345678\"]\n",
+            "[[handler]]\nclass = \"*\"\ntype = \"exec\"\ncommand = [\"x\"]\nenv = { K = 12345678 }\n",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.to_string().contains("12345678"), "{e}");
+            assert!(e.message.contains("must be a string"), "{e}");
+        }
+        let e = parse("[redis]\npassword = 12345678\n").unwrap_err();
+        assert_eq!(
+            (e.origin.as_str(), e.key.as_str()),
+            ("/etc/resque.toml:2", "redis.password")
+        );
+    }
+
+    #[test]
+    fn password_from_file_or_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "fromfile\r\n").unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join(PASSWORD_CREDENTIAL), "fromcred").unwrap();
+        let path = Path::new("/x.toml");
+        let none = Overrides::default();
+        let with_creds = Overrides {
+            credentials_dir: Some(creds.clone()),
+            ..Overrides::default()
+        };
+        let password = |text: &str, env: &Overrides| {
+            from_str(text, path, None, env, &none).map(|c| {
+                c.redis
+                    .connection
+                    .redis_settings()
+                    .password()
+                    .map(str::to_string)
+            })
+        };
+        let file_key = format!("[redis]\npassword_file = \"{}\"\n", file.display());
+        assert_eq!(
+            password(&file_key, &none).unwrap().as_deref(),
+            Some("fromfile")
+        );
+        // The configuration's own password wins over the credential; the credential fills in.
+        assert_eq!(
+            password(&file_key, &with_creds).unwrap().as_deref(),
+            Some("fromfile")
+        );
+        assert_eq!(
+            password("[redis]\nurl = \"redis://:inurl@h\"\n", &with_creds)
+                .unwrap()
+                .as_deref(),
+            Some("inurl")
+        );
+        assert_eq!(
+            password("", &with_creds).unwrap().as_deref(),
+            Some("fromcred")
+        );
+        assert_eq!(password("", &none).unwrap(), None);
+        // From the environment, as systemd sets it.
+        let env = Overrides::from_vars(|k| {
+            (k == "CREDENTIALS_DIRECTORY").then(|| creds.display().to_string())
+        });
+        assert_eq!(password("", &env).unwrap().as_deref(), Some("fromcred"));
+        // A credentials directory without our credential is fine.
+        let other = Overrides {
+            credentials_dir: Some(dir.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        assert_eq!(password("", &other).unwrap(), None);
+        let e = password(
+            &format!(
+                "[redis]\npassword = \"x\"\npassword_file = \"{}\"\n",
+                file.display()
+            ),
+            &none,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "redis.password_file");
+        std::fs::write(&file, "\n").unwrap();
+        let e = password(&file_key, &none).unwrap_err();
+        assert!(e.message.contains("is empty"), "{e}");
     }
 
     #[test]

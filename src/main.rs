@@ -402,8 +402,29 @@ async fn daemon_request(
             .or_else(|| Some(runtime.join("resque.pid")))
         }
     };
-    let via_socket = if target.pid.is_none() && socket.exists() {
-        resque::control::request(&socket, what).await.ok()
+    let via_socket = if target.pid.is_none() && socket.symlink_metadata().is_ok() {
+        // Only a socket in a directory of the daemon's user, served by that user, is asked.
+        let owner = resque::control::check_runtime_dir(&runtime).map_err(|e| {
+            Failure::new(exit::FAILURE, format!("{e}; not using its control socket"))
+        })?;
+        match resque::control::request(&socket, what, owner).await {
+            Ok(reply) => Some(reply),
+            // Nobody listens (a daemon killed without cleaning up): try the PID file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    format!("cannot use control socket {}: {e}", socket.display()),
+                ))
+            }
+        }
     } else {
         None
     };
@@ -411,8 +432,11 @@ async fn daemon_request(
         Some(Ok(pid)) => pid,
         Some(Err(message)) => return Err(Failure::new(exit::FAILURE, message)),
         None => {
-            // No control socket: signal the pid from the PID file.
-            let Some(pid) = pid_file.as_deref().and_then(resque::pidfile::running_pid) else {
+            // No control socket: signal the pid from the PID file, once it proves to be ours.
+            let found = pid_file
+                .as_deref()
+                .and_then(|p| resque::pidfile::running_pid(p).map(|found| (p, found)));
+            let Some((path, (pid, owner))) = found else {
                 return Err(Failure::new(
                     exit::UNAVAILABLE,
                     format!(
@@ -422,6 +446,12 @@ async fn daemon_request(
                     ),
                 ));
             };
+            resque::pidfile::check_daemon(pid, owner).map_err(|message| {
+                Failure::new(
+                    exit::FAILURE,
+                    format!("PID file {}: {message}", path.display()),
+                )
+            })?;
             use nix::sys::signal::Signal;
             let signal = match what {
                 "stop" => Signal::SIGTERM,
@@ -489,6 +519,9 @@ async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
     let config = load_config(global, Some(args))?;
     let log = resque::logging::init(config.worker.log_level);
     let runtime = resque::control::runtime_dir(global.instance.as_deref());
+    let access = resque::control::Access::from_env();
+    resque::control::prepare_runtime_dir(&runtime, &access)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let pid_path = config
         .worker
         .pid_file
@@ -504,15 +537,8 @@ async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
         )
     })?;
     let socket_path = resque::control::socket_path(&runtime);
-    let _socket = resque::control::serve(&socket_path, tx.clone()).map_err(|e| {
-        Failure::new(
-            exit::FAILURE,
-            format!(
-                "cannot create control socket {}: {e}",
-                socket_path.display()
-            ),
-        )
-    })?;
+    let _socket = resque::control::serve(&socket_path, tx.clone(), access)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let reload_global = global.clone();
     let reload_args = args.clone();
     let supervisor = resque::Supervisor::new(config)

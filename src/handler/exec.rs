@@ -40,6 +40,9 @@ pub struct ExecSettings {
     pub working_dir: Option<PathBuf>,
     /// Extra environment, applied after the `RESQUE_*` variables.
     pub env: Vec<(String, String)>,
+    /// Variables of the daemon's environment that the job gets although they configure the
+    /// daemon (`REDIS_BACKEND`, …): see `process::DAEMON_ENV`.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for ExecSettings {
@@ -50,6 +53,7 @@ impl Default for ExecSettings {
             grace: Duration::from_secs(10),
             working_dir: None,
             env: Vec::new(),
+            pass_env: Vec::new(),
         }
     }
 }
@@ -76,7 +80,11 @@ impl ExecHandler {
                 "cannot run job: the exec command is empty",
             ));
         };
-        let mut cmd = child_command(program, self.settings.working_dir.as_deref());
+        let mut cmd = child_command(
+            program,
+            self.settings.working_dir.as_deref(),
+            &self.settings.pass_env,
+        );
         cmd.args(args);
         cmd.env("RESQUE_JOB_ID", job.id().unwrap_or_default())
             .env("RESQUE_JOB_CLASS", job.class())

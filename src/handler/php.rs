@@ -100,6 +100,9 @@ pub struct PhpSettings {
     pub working_dir: Option<PathBuf>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Variables of the daemon's environment that the PHP processes get although they configure
+    /// the daemon (`REDIS_BACKEND`, …): see `process::DAEMON_ENV`.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for PhpSettings {
@@ -116,6 +119,7 @@ impl Default for PhpSettings {
             grace: Duration::from_secs(10),
             working_dir: None,
             env: Vec::new(),
+            pass_env: Vec::new(),
         }
     }
 }
@@ -255,12 +259,12 @@ impl PhpHandler {
                         "cannot run PHP jobs: the command is empty",
                     ));
                 };
-                let mut cmd = child_command(program, working_dir);
+                let mut cmd = child_command(program, working_dir, &settings.pass_env);
                 cmd.args(args);
                 (program, cmd)
             }
             None => {
-                let mut cmd = child_command(&settings.php, working_dir);
+                let mut cmd = child_command(&settings.php, working_dir, &settings.pass_env);
                 cmd.arg(&runner);
                 (&settings.php, cmd)
             }

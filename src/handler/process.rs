@@ -34,22 +34,66 @@ const MAX_LINE: usize = 16 * 1024;
 /// How often, during the grace period, we look whether a group is gone.
 const GROUP_POLL: Duration = Duration::from_millis(50);
 
-/// Variables the service manager gives the daemon, removed from every child's environment.
-const DAEMON_ONLY_ENV: [&str; 6] = [
+/// Variables that configure the daemon, or that the service manager gives it, removed from every
+/// child's environment: a job must not speak for the daemon (`NOTIFY_SOCKET`), read its secrets
+/// (`REDIS_BACKEND=redis://:password@…`, `CREDENTIALS_DIRECTORY`) or its control socket
+/// (`RUNTIME_DIRECTORY`). Every inherited `RESQUE_*` goes too ([`DAEMON_ENV_PREFIXES`]); a
+/// handler's `env` and `pass_env` put back what an application needs.
+pub const DAEMON_ENV: [&str; 24] = [
+    // php-resque's configuration variables, read by the daemon (config.rs).
+    "QUEUE",
+    "COUNT",
+    "INTERVAL",
+    "PIDFILE",
+    "VERBOSE",
+    "VVERBOSE",
+    "LOGGING",
+    "APP_INCLUDE",
+    "REDIS_BACKEND",
+    "REDIS_BACKEND_DB",
+    "PREFIX",
+    "BLOCKING",
+    // systemd's, for the daemon: credentials, runtime directory, notify socket, activation.
+    "CREDENTIALS_DIRECTORY",
+    "RUNTIME_DIRECTORY",
     "NOTIFY_SOCKET",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+    "MAINPID",
+    "MANAGERPID",
+    "SYSTEMD_EXEC_PID",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     "LISTEN_FDS",
     "LISTEN_PID",
-    "LISTEN_FDNAMES",
 ];
 
+/// Prefixes of variable names removed like [`DAEMON_ENV`]: the daemon's own `RESQUE_*`
+/// (`RESQUE_CONFIG`, `RESQUE_LOG_TARGET`), `WATCHDOG_*` and `LISTEN_*`. The `RESQUE_*`
+/// variables a handler sets for a job (`RESQUE_JOB_ID`, `RESQUE_RUNNER`, …) are set after.
+pub const DAEMON_ENV_PREFIXES: [&str; 3] = ["RESQUE_", "WATCHDOG_", "LISTEN_"];
+
+/// Whether a variable of the daemon's environment stays out of its children's.
+pub fn is_daemon_env(name: &OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    DAEMON_ENV.contains(&name) || DAEMON_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// A command for `program`, run without a shell, in `working_dir` (`None`: the daemon's), without
-/// [`DAEMON_ONLY_ENV`]. Set its stdin and environment, then start it with [`ProcessGroup::spawn`].
-pub(super) fn child_command(program: impl AsRef<OsStr>, working_dir: Option<&Path>) -> Command {
+/// the daemon's variables ([`is_daemon_env`]) except those named in `pass_env`. Set its stdin and
+/// environment, then start it with [`ProcessGroup::spawn`].
+pub(super) fn child_command(
+    program: impl AsRef<OsStr>,
+    working_dir: Option<&Path>,
+    pass_env: &[String],
+) -> Command {
     let mut cmd = Command::new(program);
-    for name in DAEMON_ONLY_ENV {
-        cmd.env_remove(name);
+    for (name, _) in std::env::vars_os() {
+        if is_daemon_env(&name) && !pass_env.iter().any(|p| OsStr::new(p) == name) {
+            cmd.env_remove(&name);
+        }
     }
     if let Some(dir) = working_dir {
         cmd.current_dir(dir);
@@ -472,6 +516,25 @@ impl<R: AsyncRead + Unpin + AsRawFd> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemons_variables_are_known() {
+        for name in [
+            "REDIS_BACKEND",
+            "QUEUE",
+            "RESQUE_CONFIG",
+            "RESQUE_LOG_TARGET",
+            "CREDENTIALS_DIRECTORY",
+            "WATCHDOG_USEC",
+            "LISTEN_FDNAMES",
+            "JOURNAL_STREAM",
+        ] {
+            assert!(is_daemon_env(OsStr::new(name)), "{name}");
+        }
+        for name in ["PATH", "HOME", "LANG", "APP_ENV", "REDIS_HOST"] {
+            assert!(!is_daemon_env(OsStr::new(name)), "{name}");
+        }
+    }
 
     #[test]
     fn statuses_read_well() {
