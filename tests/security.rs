@@ -138,7 +138,7 @@ fn issue13_unix_url_pass_is_not_shown_by_config_check_log_status_or_errors() {
     );
     let notify = NotifyListener::new();
     let mut daemon = Daemon::start(&bad, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
-    let (status, _) = notify.until("STATUS while waiting for Redis", LIMIT, |m| {
+    let (status, _) = notify.until("STATUS while waiting for Redis", |m| {
         m.contains("STATUS=Waiting for Redis")
     });
     assert!(status.contains(&shown), "{status}");

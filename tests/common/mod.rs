@@ -244,50 +244,6 @@ pub fn library_config(redis: &RedisServer, worker: &str) -> resque::Config {
     .expect("test configuration")
 }
 
-/// A real `NOTIFY_SOCKET`: a Unix datagram socket in a temp dir, as systemd listens.
-pub struct NotifyListener {
-    sock: std::os::unix::net::UnixDatagram,
-    pub path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl NotifyListener {
-    pub fn new() -> NotifyListener {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        NotifyListener {
-            sock,
-            path,
-            _dir: dir,
-        }
-    }
-
-    /// Reads datagrams until one satisfies `pred` (bounded); returns it and everything before.
-    pub fn until(
-        &self,
-        what: &str,
-        limit: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> (String, Vec<String>) {
-        let mut seen = Vec::new();
-        let deadline = Instant::now() + limit;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if pred(&msg) {
-                    return (msg, seen);
-                }
-                seen.push(msg);
-            }
-        }
-        panic!("no {what} notification; saw {seen:?}");
-    }
-}
-
 /// The shared fixtures recorded from real implementations.
 pub fn fixtures() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
