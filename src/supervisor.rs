@@ -14,6 +14,7 @@ use crate::connection::{Connection, Health};
 use crate::handler::{exec::ExecHandler, php::PhpHandler, Handler, HandlerMap};
 use crate::protocol::{commands, resque_time, WorkerId};
 use crate::systemd::Notifier;
+use crate::worker::late_status::LateStatuses;
 use crate::worker::recovery::{self, RecoveryContext};
 use crate::worker::{monotonic_secs, wakeup, Control, Mode, PoolStats, Shared, Worker};
 use std::collections::HashSet;
@@ -87,6 +88,7 @@ struct Pool {
     wanted: usize,
     wake_stop: Arc<Notify>,
     wake_task: JoinHandle<()>,
+    late_task: JoinHandle<()>,
 }
 
 /// Heartbeat and recovery, in their own task with their own connection, so that neither can
@@ -204,19 +206,25 @@ impl Supervisor {
             interval: config.worker.interval,
             wake: Arc::new(wakeup::Wakeup::new(config.worker.count as usize)),
             stats,
+            late: LateStatuses::new(),
         });
         let wake_stop = Arc::new(Notify::new());
-        let prefixes = wakeup::tracking_prefixes(&shared.keys, &shared.queues);
+        let tracked = wakeup::Tracked {
+            queue_prefixes: wakeup::tracking_prefixes(&shared.keys, &shared.queues),
+            status_prefix: commands::status_key_prefix(&shared.keys),
+            late: shared.late.clone(),
+        };
         let wake_task = tokio::spawn(wakeup::run(
             config.redis.clone(),
-            prefixes,
+            tracked,
             shared.wake.clone(),
             wake_stop.clone(),
             config.worker.interval,
         ));
-        let conns = (0..SHARED_CONNECTIONS)
+        let conns: Vec<Connection> = (0..SHARED_CONNECTIONS)
             .map(|_| Connection::new(&config.redis, health.clone()))
             .collect();
+        let late_task = tokio::spawn(shared.late.clone().run(conns[0].clone()));
         Pool {
             shared,
             slots: Vec::new(),
@@ -224,6 +232,7 @@ impl Supervisor {
             wanted: config.worker.count as usize,
             wake_stop,
             wake_task,
+            late_task,
         }
     }
 
@@ -601,6 +610,7 @@ impl Supervisor {
             let fresh = self.start_pool(&new, handlers, stats.clone(), health);
             let old = std::mem::replace(pool, fresh);
             old.wake_stop.notify_one();
+            old.late_task.abort();
             for slot in old.slots {
                 slot.control.send_modify(|c| c.mode = Mode::Drain);
                 retired.push(slot);
@@ -680,6 +690,7 @@ impl Supervisor {
             let _ = slot.task.await;
         }
         pool.wake_task.abort();
+        pool.late_task.abort();
         info!(
             processed = stats.processed.load(Ordering::Relaxed),
             failed = stats.failed.load(Ordering::Relaxed),

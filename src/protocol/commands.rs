@@ -45,6 +45,8 @@ pub struct Reserved {
     pub raw: Vec<u8>,
     pub token: String,
     pub held: bool,
+    /// The job has an id but its status key did not exist yet: the enqueuer may write it late.
+    pub status_late: bool,
 }
 
 /// A reply of the RESERVE script, with the queue keys it had to skip (wrong type).
@@ -96,14 +98,15 @@ pub fn parse_reserve(reply: redis::Value) -> Result<ReserveReply, redis::RedisEr
     };
     let kind = items.first().map(text).transpose()?.unwrap_or_default();
     let (reservation, rest) = match kind.as_str() {
-        "held" | "job" if items.len() >= 4 => {
+        "held" | "job" if items.len() >= 5 => {
             let reserved = Reserved {
                 queue: text(&items[1])?,
                 raw: redis::from_redis_value(items[2].clone())?,
                 token: text(&items[3])?,
                 held: kind == "held",
+                status_late: text(&items[4])? == "1",
             };
-            (Reservation::Job(reserved), &items[4..])
+            (Reservation::Job(reserved), &items[5..])
         }
         "empty" => (Reservation::Empty, &items[1..]),
         "paused" => (Reservation::Paused, &items[1..]),
@@ -114,6 +117,44 @@ pub fn parse_reserve(reply: redis::Value) -> Result<ReserveReply, redis::RedisEr
         reservation,
         skipped,
     })
+}
+
+/// A status to put over one written late by the enqueuer: see
+/// [`super::scripts::FIX_STATUS_LUA`]. `None` for a payload without an id.
+pub fn late_status(keys: &Keys, payload: &Payload, status: JobStatus) -> Option<LateStatus> {
+    let id = payload.id()?;
+    Some(LateStatus {
+        key: keys.job_status(id, payload.status_prefix()),
+        json: StatusRecord::update_json(status, super::now_unix()),
+        ttl: if status.is_final() {
+            STATUS_TTL_SECS
+        } else {
+            0
+        },
+    })
+}
+
+/// One job's intended status, keyed by its status key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateStatus {
+    pub key: String,
+    pub json: String,
+    /// Seconds to live (final statuses), 0 for RUNNING.
+    pub ttl: i64,
+}
+
+/// FIX_STATUS for a batch of late statuses.
+pub fn fix_statuses(statuses: &[LateStatus]) -> redis::ScriptInvocation<'static> {
+    let mut invocation = super::scripts::FIX_STATUS.prepare_invoke();
+    for s in statuses {
+        invocation.key(&s.key).arg(&s.json).arg(s.ttl);
+    }
+    invocation
+}
+
+/// The key prefix every status key starts with (for client tracking).
+pub fn status_key_prefix(keys: &Keys) -> String {
+    keys.job_status_prefix()
 }
 
 /// Puts a held job back at the head of its queue (status back to WAITING where it exists): see

@@ -90,6 +90,11 @@ impl Keys {
         }
     }
 
+    /// What every status key starts with.
+    pub fn job_status_prefix(&self) -> String {
+        self.key("job:")
+    }
+
     // Keys of our own (no other implementation reads them).
 
     /// List holding the job a worker has reserved and not yet finished: the reliable-queue part.

@@ -46,7 +46,9 @@ end
 ///
 /// KEYS: inflight list, inflight index, worker key, pause-all-workers, queues set, token hash.
 /// ARGV: worker id, run_at text, unix now, namespace prefix, new token, queue names…
-/// Returns `{'held'|'job', queue, payload, token, bad…}`, `{'empty', bad…}` or `{'paused'}`.
+/// Returns `{'held'|'job', queue, payload, token, late, bad…}`, `{'empty', bad…}` or
+/// `{'paused'}`; `late` is '1' when the job has an id but no status key yet (php-resque writes
+/// the status after the push: it may still come).
 pub const RESERVE_LUA: &str = r#"
 local held = redis.call('LINDEX', KEYS[1], 0)
 if held then
@@ -56,7 +58,7 @@ if held then
     token = ARGV[5]
     redis.call('HSET', KEYS[6], ARGV[1], token)
   end
-  return {'held', queue, held, token}
+  return {'held', queue, held, token, '0'}
 end
 local paused = redis.pcall('GET', KEYS[4])
 if type(paused) == 'string' and string.lower(paused):match('^%s*true%s*$') then
@@ -88,6 +90,7 @@ for _, queue in ipairs(names) do
     if not wrongtype(payload) then return redis.error_reply(payload.err) end
     bad[#bad + 1] = prefix .. 'queue:' .. queue
   elseif payload then
+    local late = '0'
     redis.call('HSET', KEYS[2], ARGV[1], queue)
     redis.call('HSET', KEYS[6], ARGV[1], ARGV[5])
     local ok, job = pcall(cjson.decode, payload)
@@ -95,11 +98,11 @@ for _, queue in ipairs(names) do
       redis.call('SET', KEYS[3], '{"queue":' .. cjson.encode(queue) .. ',"run_at":' ..
         cjson.encode(ARGV[2]) .. ',"payload":' .. payload .. '}')
       local key = status_key(prefix, payload)
-      if key then
-        redis.call('SET', key, '{"status":2,"updated":' .. ARGV[3] .. '}', 'XX')
+      if key and not redis.call('SET', key, '{"status":2,"updated":' .. ARGV[3] .. '}', 'XX') then
+        late = '1'
       end
     end
-    local reply = {'job', queue, payload, ARGV[5]}
+    local reply = {'job', queue, payload, ARGV[5], late}
     for _, b in ipairs(bad) do reply[#reply + 1] = b end
     return reply
   end
@@ -175,7 +178,8 @@ pub static TAKE_OVER_LOCK: LazyLock<redis::Script> = LazyLock::new(|| script(TAK
 /// stat:failed, stat:failed:<id>, token hash, and the status key when the job has an id.
 /// ARGV: payload, failure record JSON (empty when complete), status JSON, status TTL,
 /// worker id, token.
-/// Returns 1 if the outcome was written, 0 if the job was no longer in flight.
+/// Returns 1 if the outcome was written, 2 if written but the job has an id and no status key
+/// (yet), 0 if the job was no longer in flight.
 pub const FINISH_LUA: &str = r#"
 local function gone()
   if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
@@ -190,16 +194,51 @@ if ARGV[2] ~= '' then
 end
 redis.call('INCRBY', KEYS[3], '1')
 redis.call('INCRBY', KEYS[4], '1')
-if KEYS[9] and redis.call('SET', KEYS[9], ARGV[3], 'XX') then
-  redis.call('EXPIRE', KEYS[9], tonumber(ARGV[4]))
+local written = 1
+if KEYS[9] then
+  if redis.call('SET', KEYS[9], ARGV[3], 'XX') then
+    redis.call('EXPIRE', KEYS[9], tonumber(ARGV[4]))
+  else
+    written = 2
+  end
 end
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('HDEL', KEYS[8], ARGV[5])
 redis.call('DEL', KEYS[2])
-return 1
+return written
 "#;
 
 pub static FINISH: LazyLock<redis::Script> = LazyLock::new(|| script(FINISH_LUA));
+
+/// A status written late by the enqueuer (php-resque pushes the job first and writes WAITING
+/// after it): put the status the job really has over it. `running` replaces only WAITING; a
+/// final status replaces WAITING or RUNNING and gets its TTL. A key that does not exist is left
+/// alone (the job is not tracked).
+///
+/// KEYS: status keys. ARGV: for each key, the status JSON and its TTL (0: running).
+/// Returns the number of keys changed.
+pub const FIX_STATUS_LUA: &str = r#"
+local changed = 0
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if current then
+    local ok, record = pcall(cjson.decode, current)
+    local code = ok and type(record) == 'table' and tonumber(record.status) or nil
+    local ttl = tonumber(ARGV[2 * i])
+    if code == 1 or (code == 2 and ttl > 0) then
+      if ttl > 0 then
+        redis.call('SET', key, ARGV[2 * i - 1], 'EX', ttl)
+      else
+        redis.call('SET', key, ARGV[2 * i - 1])
+      end
+      changed = changed + 1
+    end
+  end
+end
+return changed
+"#;
+
+pub static FIX_STATUS: LazyLock<redis::Script> = LazyLock::new(|| script(FIX_STATUS_LUA));
 
 fn script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{STATUS_KEY_LUA}{body}"))
@@ -211,8 +250,9 @@ pub fn source(body: &str) -> String {
 }
 
 /// Sources of every script, for `SCRIPT LOAD` on a new connection.
-pub fn all_sources() -> [String; 5] {
+pub fn all_sources() -> [String; 6] {
     [
+        source(FIX_STATUS_LUA),
         source(RESERVE_LUA),
         source(REQUEUE_LUA),
         source(COUNT_LOSS_LUA),

@@ -6,13 +6,14 @@
 //! Idle workers wait for a wake-up from [`wakeup`] (Redis client tracking on the queue keys), so
 //! a new job starts within milliseconds while idle workers send no commands at all.
 
+pub mod late_status;
 pub mod recovery;
 pub mod wakeup;
 
 use crate::connection::Connection;
 use crate::handler::{HandlerMap, Job, JobFailure};
 use crate::protocol::commands::{self, Outcome, Reservation, Reserved};
-use crate::protocol::{resque_time, FailureRecord, Keys, Payload, WorkerId};
+use crate::protocol::{resque_time, FailureRecord, JobStatus, Keys, Payload, WorkerId};
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub interval: Duration,
     pub wake: Arc<wakeup::Wakeup>,
     pub stats: Arc<PoolStats>,
+    /// Statuses to put over ones the enqueuer writes after the push.
+    pub late: Arc<late_status::LateStatuses>,
 }
 
 /// Seconds since this process started, for the liveness ticks the watchdog reads.
@@ -294,6 +297,11 @@ impl Worker {
             Err(_) => (String::new(), String::new()),
         };
         let span = info_span!("job", JOB_ID = %job_id, JOB_CLASS = %class, QUEUE = %job.queue, WORKER = %self.id_text);
+        if job.status_late {
+            if let Ok(payload) = &parsed {
+                self.intend_status(payload, JobStatus::Running);
+            }
+        }
         let result = async {
             debug!("job started");
             let started = Instant::now();
@@ -393,8 +401,10 @@ impl Worker {
             .await
         {
             Ok((written, reply)) => {
-                if written != redis::Value::Int(1) {
-                    self.outcome_not_in_flight(false);
+                match written {
+                    redis::Value::Int(1) => {}
+                    redis::Value::Int(2) => self.status_written_late(job, payload, outcome),
+                    _ => self.outcome_not_in_flight(false),
                 }
                 Some(Some(self.read_reservation(reply)))
             }
@@ -402,6 +412,24 @@ impl Worker {
                 debug!(error = %e, "combined outcome and reservation failed; writing the outcome again");
                 None
             }
+        }
+    }
+
+    /// The job's status key is missing; if it was missing at the reservation too, the enqueuer
+    /// may write it late (php-resque's order): the final status goes over it when it comes.
+    fn status_written_late(&self, job: &Reserved, payload: Option<&Payload>, outcome: &Outcome) {
+        if let (true, Some(payload)) = (job.status_late, payload) {
+            let status = match outcome {
+                Outcome::Complete => JobStatus::Complete,
+                Outcome::Failed(_) => JobStatus::Failed,
+            };
+            self.intend_status(payload, status);
+        }
+    }
+
+    fn intend_status(&self, payload: &Payload, status: JobStatus) {
+        if let Some(late) = commands::late_status(&self.shared.keys, payload, status) {
+            self.shared.late.intend(late);
         }
     }
 
@@ -488,6 +516,10 @@ impl Worker {
                 .await
             {
                 Ok(1) => return,
+                Ok(2) => {
+                    self.status_written_late(job, payload, outcome);
+                    return;
+                }
                 Ok(_) => {
                     self.outcome_not_in_flight(retry);
                     return;
@@ -508,6 +540,15 @@ impl Worker {
 
     /// Puts the job back at the head of its queue.
     async fn give_back(&mut self, job: &Reserved) {
+        if job.status_late {
+            if let Ok(payload) = parse_entry(&job.raw) {
+                if let Some(late) =
+                    commands::late_status(&self.shared.keys, &payload, JobStatus::Waiting)
+                {
+                    self.shared.late.forget(&late.key);
+                }
+            }
+        }
         let invocation = commands::requeue(&self.shared.keys, &self.id_text, &job.queue, &job.raw);
         let mut conn = self.conn.clone();
         match self

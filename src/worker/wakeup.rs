@@ -13,6 +13,7 @@
 //! the answer does not come within `command_timeout`, then reconnects and wakes every idle worker
 //! (a push may have been missed meanwhile).
 
+use super::late_status::LateStatuses;
 use crate::config::RedisConfig;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -94,9 +95,17 @@ pub fn tracking_prefixes(keys: &crate::protocol::Keys, queues: &[String]) -> Vec
 /// Runs until `stop` is notified: keeps a tracking connection and turns every invalidation into
 /// one wake-up. While tracking is down, it wakes one idle worker every `interval` instead: one
 /// look per pool, not one per worker.
+/// What the wake-up connection listens to: the queue keys (wake a worker) and the status keys
+/// (statuses written late by the enqueuer, see [`super::late_status`]).
+pub struct Tracked {
+    pub queue_prefixes: Vec<String>,
+    pub status_prefix: String,
+    pub late: Arc<LateStatuses>,
+}
+
 pub async fn run(
     redis: RedisConfig,
-    prefixes: Vec<String>,
+    tracked: Tracked,
     wake: Arc<Wakeup>,
     stop: Arc<Notify>,
     interval: Duration,
@@ -119,7 +128,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(200);
     let mut unsupported_said = false;
     loop {
-        let session = track(&redis, &prefixes, &wake);
+        let session = track(&redis, &tracked, &wake);
         let mut retry_in = None;
         tokio::select! {
             _ = stop.notified() => return,
@@ -152,6 +161,30 @@ pub async fn run(
     }
 }
 
+/// Routes one invalidation: a queue key wakes a worker; a status key may settle a late status.
+/// A flush (no keys) wakes every worker.
+fn invalidated(data: &[redis::Value], tracked: &Tracked, wake: &Wakeup) {
+    let keys: Vec<String> = match data.first() {
+        Some(redis::Value::Array(keys)) => keys
+            .iter()
+            .filter_map(|k| redis::from_redis_value::<String>(k.clone()).ok())
+            .collect(),
+        _ => {
+            wake.ring_all();
+            return;
+        }
+    };
+    let (statuses, queues): (Vec<String>, Vec<String>) = keys
+        .into_iter()
+        .partition(|k| k.starts_with(&tracked.status_prefix));
+    for _ in &queues {
+        wake.ring();
+    }
+    if !statuses.is_empty() {
+        tracked.late.written(statuses);
+    }
+}
+
 /// How often to try tracking again on a server that refused it.
 const UNSUPPORTED_RETRY: Duration = Duration::from_secs(300);
 
@@ -168,7 +201,7 @@ fn tracking_unsupported(e: &redis::RedisError) -> bool {
 
 async fn track(
     redis: &RedisConfig,
-    prefixes: &[String],
+    tracked: &Tracked,
     wake: &Arc<Wakeup>,
 ) -> Result<(), redis::RedisError> {
     let settings = redis
@@ -186,11 +219,15 @@ async fn track(
         .await?;
     let mut cmd = redis::cmd("CLIENT");
     cmd.arg("TRACKING").arg("ON").arg("BCAST");
-    for p in prefixes {
+    for p in tracked
+        .queue_prefixes
+        .iter()
+        .chain(std::iter::once(&tracked.status_prefix))
+    {
         cmd.arg("PREFIX").arg(p);
     }
     cmd.query_async::<()>(&mut conn).await?;
-    debug!(?prefixes, "listening for pushed jobs");
+    debug!(prefixes = ?tracked.queue_prefixes, "listening for pushed jobs");
     wake.tracking.store(true, Ordering::Relaxed);
     // A job may have arrived before tracking was on.
     wake.ring_all();
@@ -201,7 +238,7 @@ async fn track(
         tokio::select! {
             push = rx.recv() => match push {
                 Some(push) => match push.kind {
-                    redis::PushKind::Invalidate => wake.ring(),
+                    redis::PushKind::Invalidate => invalidated(&push.data, tracked, wake),
                     redis::PushKind::Disconnection => return Err(closed()),
                     _ => {}
                 },
