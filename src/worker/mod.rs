@@ -84,6 +84,9 @@ pub struct Worker {
     shared: Arc<Shared>,
     /// Last time (monotonic seconds) this worker's loop was seen alive.
     tick: Arc<AtomicU64>,
+    /// The wait after the last worker-side error ([`JobFailure::worker_side`]); zero after a job
+    /// that ran.
+    setback: Duration,
 }
 
 /// A job this worker holds in its in-flight list.
@@ -114,6 +117,7 @@ impl Worker {
             conn,
             shared,
             tick,
+            setback: Duration::ZERO,
         }
     }
 
@@ -267,6 +271,8 @@ impl Worker {
             };
             match &result {
                 JobResult::Done(Ok(())) => info!(elapsed = ?started.elapsed(), "job complete"),
+                // Logged with the wait that follows, by `set_back`.
+                JobResult::Done(Err(f)) if f.is_worker_side() => {}
                 JobResult::Done(Err(f)) => {
                     warn!(exception = %f.exception, error = %f.error, "job failed")
                 }
@@ -282,6 +288,12 @@ impl Worker {
             JobResult::Aborted => {
                 self.give_back(&job).instrument(span).await;
                 stats.busy.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            JobResult::Done(Err(failure)) if failure.is_worker_side() => {
+                self.give_back(&job).instrument(span.clone()).await;
+                stats.busy.fetch_sub(1, Ordering::Relaxed);
+                self.set_back(&failure, control).instrument(span).await;
                 return None;
             }
             JobResult::Done(Ok(())) => Outcome::Complete,
@@ -304,6 +316,7 @@ impl Worker {
                 }))
             }
         };
+        self.setback = Duration::ZERO;
         let failed = matches!(outcome, Outcome::Failed(_));
         let go_on = {
             let now = *control.borrow();
@@ -452,6 +465,18 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// After a worker-side error (the job given back): waits before the next reservation, from
+    /// 250 ms doubling to 10 s while they continue, with jitter so that the workers that hit the
+    /// same limit do not all come back at once.
+    async fn set_back(&mut self, failure: &JobFailure, control: &mut watch::Receiver<Control>) {
+        use rand::Rng;
+        self.setback =
+            (self.setback * 2).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        let wait = rand::thread_rng().gen_range(self.setback / 2..=self.setback);
+        warn!(retry_in = ?wait, "job not started: {}; it goes back to its queue", failure.error);
+        self.idle(control, wait, false).await;
     }
 
     /// Puts the job back at the head of its queue.
