@@ -22,9 +22,10 @@
 //! future is dropped the group gets KILL at once, and the process is never reused.
 //!
 //! Output is read within bounds (see `process.rs`): after a response, only what is already in the
-//! pipes, and at most a little more than a pipe holds. If that limit is reached, something the
-//! job started keeps writing to the process's stdout or stderr; the job's outcome is reported
-//! all the same, and the process is replaced (retired like one that reached `max_jobs`).
+//! pipes, and at most a little more than a pipe holds. If that limit is reached, or if output
+//! has come while the process was idle, something a job started keeps writing to the process's
+//! stdout or stderr: the job's outcome is reported all the same, and the process is replaced
+//! (retired like one that reached `max_jobs`).
 
 use super::process::{
     child_command, describe_status, next_line, spawn_failure, spawn_place, time_limit, timed_out,
@@ -182,7 +183,22 @@ impl PhpHandler {
         loop {
             let mut process = lock(&self.inner.idle).pop()?;
             match process.group.try_wait() {
-                Ok(None) => return Some(process),
+                Ok(None) => {
+                    // Nothing writes to an idle runner's stdout or stderr but what a job left
+                    // behind there (a helper it started and forgot): replace the process, so
+                    // that its output neither mixes with this job's nor keeps us reading.
+                    let drained = process.output.drain_ready();
+                    if drained.bytes == 0 {
+                        return Some(process);
+                    }
+                    tracing::warn!(
+                        pid = process.pid(),
+                        "{} bytes written to an idle PHP worker's stdout or stderr: a job left \
+                         something running that writes there; replacing the worker",
+                        drained.bytes
+                    );
+                    self.retire(process, "output while idle".to_string());
+                }
                 Ok(Some(status)) => {
                     process.group.disarm();
                     tracing::warn!(
@@ -378,8 +394,7 @@ impl PhpHandler {
                 // The runner flushes the job's output before it answers: what is in the pipes now
                 // is the rest of this job's output. Read without waiting, and a bounded amount:
                 // the outcome must not wait for whatever the job left writing to them.
-                let flowing = process.output.drain_ready();
-                let recycle = if flowing {
+                let recycle = if process.output.drain_ready().still_written {
                     tracing::warn!(
                         pid = process.pid(),
                         "the job left something writing to its PHP worker's stdout or stderr; \

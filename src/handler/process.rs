@@ -52,6 +52,10 @@ pub const LOG_RATE: u64 = 64 * 1024;
 /// so that a flood of short lines is bounded as well as a flood of bytes.
 const LINE_COST: u64 = 64;
 
+/// The pause before each read once output is being dropped, after [`Output::relax`]: what a
+/// job left writing to its output must not keep a core busy while we wait for its group to go.
+const RELAXED_PAUSE: Duration = Duration::from_millis(20);
+
 /// Bytes read from a child's stdout or stderr at a time (one buffer per stream per child).
 const CHUNK: usize = 8 * 1024;
 
@@ -256,6 +260,7 @@ impl ProcessGroup {
         if !self.armed {
             return None;
         }
+        output.relax();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         let mut status = None;
@@ -310,6 +315,24 @@ pub(super) struct Output {
     stdout: Option<Stream<ChildStdout>>,
     stderr: Option<Stream<ChildStderr>>,
     sink: Sink,
+    /// Set by [`Output::relax`].
+    relaxed: bool,
+}
+
+/// What [`Output::drain_ready`] found.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Drained {
+    /// Bytes read.
+    pub(super) bytes: usize,
+    /// [`READY_LIMIT`] was reached on a stream: it is being written to as we read.
+    pub(super) still_written: bool,
+}
+
+impl Drained {
+    fn add(&mut self, read: usize) {
+        self.bytes += read;
+        self.still_written |= read >= READY_LIMIT;
+    }
 }
 
 /// Which stream a line came from.
@@ -325,6 +348,7 @@ impl Output {
             stdout: stdout.map(Stream::new),
             stderr: stderr.map(Stream::new),
             sink: Sink::new(),
+            relaxed: false,
         }
     }
 
@@ -332,9 +356,18 @@ impl Output {
         self.stdout.is_some() || self.stderr.is_some()
     }
 
+    /// From now on, read slowly while output is being dropped: the child has ended or is being
+    /// stopped, and nothing waits for its output any more but whatever it left behind writing.
+    pub(super) fn relax(&mut self) {
+        self.relaxed = true;
+    }
+
     /// Handles the next chunk from either stream, or notes an end of file. Cancel safe. Never
     /// completes once both streams are closed.
     pub(super) async fn next(&mut self) {
+        if self.relaxed && self.sink.dropping {
+            tokio::time::sleep(RELAXED_PAUSE).await;
+        }
         tokio::select! {
             n = read_chunk(&mut self.stdout) => {
                 if let Some(stream) = &mut self.stdout {
@@ -358,31 +391,33 @@ impl Output {
     /// may not have noticed yet that they are readable. A last line without a newline is logged
     /// too, so that it goes with the job that wrote it.
     ///
-    /// Returns whether a stream was still being written to when the limit was reached: a pipe
-    /// never holds that much, so something (a process the job left behind) keeps writing.
-    pub(super) fn drain_ready(&mut self) -> bool {
-        let mut flowing = false;
+    /// Says how much was read, and whether a stream was still being written to when the limit
+    /// was reached: a pipe never holds that much, so something (a process the job left behind)
+    /// keeps writing.
+    pub(super) fn drain_ready(&mut self) -> Drained {
+        let mut drained = Drained::default();
         if let Some(stream) = &mut self.stdout {
-            let (open, full) = stream.take_ready(Kind::Stdout, &mut self.sink);
-            flowing |= full;
+            let (open, read) = stream.take_ready(Kind::Stdout, &mut self.sink);
+            drained.add(read);
             if !open {
                 self.stdout = None;
             }
         }
         if let Some(stream) = &mut self.stderr {
-            let (open, full) = stream.take_ready(Kind::Stderr, &mut self.sink);
-            flowing |= full;
+            let (open, read) = stream.take_ready(Kind::Stderr, &mut self.sink);
+            drained.add(read);
             if !open {
                 self.stderr = None;
             }
         }
         self.report_dropped();
-        flowing
+        drained
     }
 
     /// Handles what is left, until both streams end or [`OUTPUT_DRAIN`] has passed, then closes
     /// them (a process still writing to them gets EPIPE).
     pub(super) async fn drain(&mut self) {
+        self.relax();
         let read_all = async {
             while self.is_open() {
                 self.next().await;
@@ -441,6 +476,8 @@ struct Sink {
     tail: VecDeque<String>,
     /// Bytes dropped since the last [`Output::report_dropped`].
     dropped: u64,
+    /// The last line was dropped: the budget is spent.
+    dropping: bool,
 }
 
 impl Sink {
@@ -449,13 +486,15 @@ impl Sink {
             budget: Budget::new(),
             tail: VecDeque::with_capacity(STDERR_TAIL),
             dropped: 0,
+            dropping: false,
         }
     }
 
     /// Logs one line (without its `\n`), if the budget allows; returns whether it did.
     fn line(&mut self, kind: Kind, line: &[u8]) -> bool {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if !self.budget.take(line.len() as u64 + LINE_COST) {
+        self.dropping = !self.budget.take(line.len() as u64 + LINE_COST);
+        if self.dropping {
             self.dropped = self.dropped.saturating_add(line.len() as u64 + 1);
             if kind == Kind::Stderr {
                 self.keep(line);
@@ -621,9 +660,8 @@ fn absorb(partial: &mut Vec<u8>, mut bytes: &[u8], kind: Kind, sink: &mut Sink) 
 
 impl<R: AsRawFd> Stream<R> {
     /// Handles what is already in the pipe, at most [`READY_LIMIT`] bytes, without waiting, and
-    /// logs a last partial line. Returns whether the stream is still open, and whether the limit
-    /// was reached.
-    fn take_ready(&mut self, kind: Kind, sink: &mut Sink) -> (bool, bool) {
+    /// logs a last partial line. Returns whether the stream is still open, and the bytes read.
+    fn take_ready(&mut self, kind: Kind, sink: &mut Sink) -> (bool, usize) {
         // The pipe is non-blocking (the runtime made it so): this reads what is there.
         let fd = self.pipe.as_raw_fd();
         let mut read = 0;
@@ -651,7 +689,7 @@ impl<R: AsRawFd> Stream<R> {
             sink.line(kind, &self.partial);
             self.partial.clear();
         }
-        (open, read >= READY_LIMIT)
+        (open, read)
     }
 }
 
