@@ -19,7 +19,8 @@ class RecordJob
 
 /**
  * Leaves a process behind that inherits the PHP worker's STDOUT and writes to it as fast as it
- * can, long after this job has answered (as a job that starts a helper and forgets it).
+ * can (`y` lines), long after this job has answered (as a job that starts a helper and forgets
+ * it).
  */
 class ChattyJob
 {
@@ -31,7 +32,7 @@ class ChattyJob
     public function perform()
     {
         $helper = proc_open(
-            array('yes', 'chatty helper output'),
+            array('yes'),
             array(0 => array('file', '/dev/null', 'r'), 1 => STDOUT, 2 => STDERR),
             $pipes
         );
