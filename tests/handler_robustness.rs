@@ -331,10 +331,12 @@ fn as_pid_1_the_orphans_jobs_leave_are_reaped() {
     }
     let redis = RedisServer::start();
     // Each job leaves a `sleep` that outlives it and then ends: an orphan for PID 1 to reap.
+    // Some jobs exit 3: their exit status must still reach the daemon (the reaper must not take
+    // the children the handlers wait for).
     let (dir, config) = exec_config(
         &redis,
         "count = 4",
-        r#"sleep 0.2 </dev/null >/dev/null 2>&1 & echo "$RESQUE_JOB_ID" >> {dir}/done"#,
+        r#"sleep 0.2 </dev/null >/dev/null 2>&1 & case "$RESQUE_JOB_ID" in fail*) exit 3;; esac; echo "$RESQUE_JOB_ID" >> {dir}/done"#,
     );
     let daemon = start(
         &config,
@@ -347,12 +349,21 @@ fn as_pid_1_the_orphans_jobs_leave_are_reaped() {
     });
 
     let jobs = 40;
+    let failing = 8;
     for i in 0..jobs {
         push_tracked(&redis, "default", "Leaver", &format!("job{i}"), json!({}));
+        if i % (jobs / failing) == 0 {
+            let id = format!("fail{i}");
+            push_tracked(&redis, "default", "Leaver", &id, json!({}));
+        }
     }
     wait_for("every job", LIMIT, || {
-        (done_count(dir.path()) == jobs).then_some(())
+        (done_count(dir.path()) == jobs && failures(&redis).len() == failing).then_some(())
     });
+    for failure in failures(&redis) {
+        let record: serde_json::Value = serde_json::from_str(&failure).unwrap();
+        assert_eq!(record["error"], "Job exited with exit code 3", "{record}");
+    }
     for i in 0..jobs {
         let id = format!("job{i}");
         wait_for(&format!("status of {id}"), LIMIT, || {
@@ -385,8 +396,8 @@ fn as_pid_1_the_orphans_jobs_leave_are_reaped() {
         "zombie children of the daemon (PID 1) after {jobs} jobs; log:\n{}",
         tail(&daemon.log_text())
     );
-    assert_eq!(stat(&redis, "processed"), jobs as i64);
-    assert_eq!(stat(&redis, "failed"), 0, "{:?}", failures(&redis));
+    assert_eq!(stat(&redis, "processed"), (jobs + failing) as i64);
+    assert_eq!(stat(&redis, "failed"), failing as i64);
 }
 
 // ---------------------------------------------------------------------------------------------
