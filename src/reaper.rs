@@ -9,16 +9,19 @@
 //! with ECHILD (and std's `spawn` asserts that its own wait succeeds). So we never call
 //! `waitpid(-1)`; we reap, one pid at a time, only zombies that are our children and
 //!
-//! - not registered here: the handlers start every job and PHP process inside [`spawning`], which
+//! - not registered here: the handlers start every job and PHP process inside `spawning`, which
 //!   keeps passes out from before `fork` until the pid is registered, and unregister it once they
 //!   have dropped the child (if tokio has not reaped it by then, its orphan queue copes with a
 //!   pid reaped by someone else); and
 //! - not in our own process group: children an in-process handler starts with `std::process`
 //!   stay there, while job processes lead their own groups and what they start stays in those.
 //!
-//! A pass runs on SIGCHLD (at most every [`MIN_PASS_GAP`]) and every [`PASS_EVERY`] as a safety
-//! net. It lists our zombie children from `/proc`; where `/proc` belongs to another pid namespace
-//! it peeks with `waitid(WNOWAIT)` instead, which sees one zombie at a time.
+//! A pass runs on SIGCHLD (at most every 100 ms) and every 10 s as a safety net. It lists our
+//! zombie children from `/proc`; where `/proc` belongs to another pid namespace it peeks with
+//! `waitid(WNOWAIT)` instead, which sees one zombie at a time.
+//!
+//! A library user running the [`crate::Supervisor`] as PID 1 in their own binary calls [`start`]
+//! as `resque start` does.
 
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgid, getpgrp, getpid, Pid};
