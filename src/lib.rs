@@ -8,7 +8,8 @@
 //! - [`handler`]: how a job runs: `exec` (a process per job), `php` (a PHP runner pool), or
 //!   your own in-process [`handler::Handler`].
 //! - [`supervisor`]: keeps COUNT workers alive, applies reloads and drives shutdown;
-//!   [`systemd`], [`signals`], [`control`], [`pidfile`] and [`logging`] connect it to the OS.
+//!   [`systemd`], [`signals`], [`control`], [`pidfile`], [`logging`], [`limits`] and [`reaper`]
+//!   connect it to the OS.
 
 pub mod bench;
 pub mod cli;
@@ -17,9 +18,11 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod handler;
+pub mod limits;
 pub mod logging;
 pub mod pidfile;
 pub mod protocol;
+pub mod reaper;
 pub mod signals;
 pub mod supervisor;
 pub mod systemd;

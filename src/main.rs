@@ -518,6 +518,8 @@ fn process_alive(pid: u32) -> bool {
 async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
     let config = load_config(global, Some(args))?;
     let log = resque::logging::init(config.worker.log_level);
+    resque::limits::raise_nofile();
+    let _reaper = resque::reaper::start();
     let runtime = resque::control::runtime_dir(global.instance.as_deref());
     let access = resque::control::Access::from_env();
     resque::control::prepare_runtime_dir(&runtime, &access)

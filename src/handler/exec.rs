@@ -9,10 +9,13 @@
 //! Killing: on timeout the group gets TERM, then `grace`, then KILL. When the `perform` future is
 //! dropped (USR1, forced shutdown) the group gets KILL at once. A job that exits on its own is not
 //! followed: processes it left behind in its group keep running, and what they write after the
-//! job exited is logged for at most [`OUTPUT_DRAIN`].
+//! job exited is logged for at most [`OUTPUT_DRAIN`] (within the output limits, [`LOG_BURST`]).
+//!
+//! A job whose process cannot be started because the daemon is out of file descriptors is given
+//! back to its queue (a worker-side error, [`JobFailure::worker_side`]), not failed.
 
 use super::process::{
-    child_command, describe_status, spawn_place, time_limit, timed_out, ProcessGroup,
+    child_command, describe_status, spawn_failure, spawn_place, time_limit, timed_out, ProcessGroup,
 };
 use super::{Handler, Job, JobFailure};
 use crate::protocol::DIRTY_EXIT_EXCEPTION;
@@ -22,7 +25,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-pub use super::process::{OUTPUT_DRAIN, STDERR_TAIL};
+pub use super::process::{LOG_BURST, LOG_RATE, OUTPUT_DRAIN, STDERR_TAIL};
 
 /// The exception class when the command cannot be started at all.
 const SPAWN_EXCEPTION: &str = "RuntimeException";
@@ -100,7 +103,7 @@ impl ExecHandler {
         ProcessGroup::spawn(cmd, "job").map_err(|e| {
             let program = self.settings.command.first().map_or("", String::as_str);
             let place = spawn_place(self.settings.working_dir.as_deref());
-            JobFailure::new(SPAWN_EXCEPTION, format!("cannot run {program}{place}: {e}"))
+            spawn_failure(SPAWN_EXCEPTION, &format!("cannot run {program}{place}"), &e)
         })
     }
 }

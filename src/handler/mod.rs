@@ -30,6 +30,9 @@ impl Job {
 }
 
 /// Why a job failed, as the failure record shows it.
+///
+/// Or, made with [`JobFailure::worker_side`], why the worker could not run it: then it is no
+/// failure of the job's, nothing is recorded, and the job goes back to its queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFailure {
     /// Exception class (`RuntimeException`, `Resque\Job\DirtyExitException`, …).
@@ -38,6 +41,8 @@ pub struct JobFailure {
     pub error: String,
     /// Backtrace lines, most recent first (php-resque's `getTraceAsString()` lines).
     pub backtrace: Vec<String>,
+    /// Set by [`JobFailure::worker_side`].
+    worker_side: bool,
 }
 
 impl JobFailure {
@@ -46,11 +51,29 @@ impl JobFailure {
             exception: exception.into(),
             error: error.into(),
             backtrace: Vec::new(),
+            worker_side: false,
         }
     }
+
+    /// The worker could not run the job, through no fault of the job's (it ran out of file
+    /// descriptors starting the job's process, say). The job goes back to the head of its queue
+    /// instead of failing, and the worker waits a little, longer each time in a row, before it
+    /// reserves again. `error` is logged as a warning: say what went wrong and what to change.
+    pub fn worker_side(error: impl Into<String>) -> Self {
+        JobFailure {
+            worker_side: true,
+            ..JobFailure::new("RuntimeException", error)
+        }
+    }
+
     pub fn with_backtrace(mut self, backtrace: Vec<String>) -> Self {
         self.backtrace = backtrace;
         self
+    }
+
+    /// Whether this is the worker's problem, not the job's ([`JobFailure::worker_side`]).
+    pub fn is_worker_side(&self) -> bool {
+        self.worker_side
     }
 }
 

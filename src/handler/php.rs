@@ -20,10 +20,16 @@
 //!
 //! Killing: on timeout the process group gets TERM, then `grace`, then KILL. When the `perform`
 //! future is dropped the group gets KILL at once, and the process is never reused.
+//!
+//! Output is read within bounds (see `process.rs`): after a response, only what is already in the
+//! pipes, and at most a little more than a pipe holds. If that limit is reached, or if output
+//! has come while the process was idle, something a job started keeps writing to the process's
+//! stdout or stderr: the job's outcome is reported all the same, and the process is replaced
+//! (retired like one that reached `max_jobs`).
 
 use super::process::{
-    child_command, describe_status, next_line, spawn_place, time_limit, timed_out, Lines, Output,
-    ProcessGroup, OUTPUT_DRAIN,
+    child_command, describe_status, next_line, spawn_failure, spawn_place, time_limit, timed_out,
+    Lines, Output, ProcessGroup, OUTPUT_DRAIN,
 };
 use super::{Handler, Job, JobFailure};
 use crate::protocol::DIRTY_EXIT_EXCEPTION;
@@ -181,7 +187,22 @@ impl PhpHandler {
         loop {
             let mut process = lock(&self.inner.idle).pop()?;
             match process.group.try_wait() {
-                Ok(None) => return Some(process),
+                Ok(None) => {
+                    // Nothing writes to an idle runner's stdout or stderr but what a job left
+                    // behind there (a helper it started and forgot): replace the process, so
+                    // that its output neither mixes with this job's nor keeps us reading.
+                    let drained = process.output.drain_ready();
+                    if drained.bytes == 0 {
+                        return Some(process);
+                    }
+                    tracing::warn!(
+                        pid = process.pid(),
+                        "{} bytes written to an idle PHP worker's stdout or stderr: a job left \
+                         something running that writes there; replacing the worker",
+                        drained.bytes
+                    );
+                    self.retire(process, "output while idle".to_string());
+                }
                 Ok(Some(status)) => {
                     process.group.disarm();
                     tracing::warn!(
@@ -278,11 +299,12 @@ impl PhpHandler {
         cmd.envs(settings.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null());
 
-        let spawn_error = |e: &dyn std::fmt::Display| {
+        let spawn_error = |e: &std::io::Error| {
             let place = spawn_place(working_dir);
-            JobFailure::new(
+            spawn_failure(
                 DIRTY_EXIT_EXCEPTION,
-                format!("cannot run PHP worker {program}{place}: {e}"),
+                &format!("cannot run PHP worker {program}{place}"),
+                e,
             )
         };
 
@@ -290,9 +312,9 @@ impl PhpHandler {
         // child's ends are moved to 3 and 4 in the child, between fork and exec. Done by hand
         // (not with a crate like `command-fds`) because it is two `dup2`s.
         let (request_read, request_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_error(&e))?;
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_error(&e.into()))?;
         let (response_read, response_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_error(&e))?;
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_error(&e.into()))?;
         let child_in = request_read.as_raw_fd();
         let child_out = response_write.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup2,
@@ -357,7 +379,10 @@ impl PhpHandler {
                 match self.spawn() {
                     Ok(process) => process,
                     Err(failure) => {
-                        self.start_failed();
+                        // Out of file descriptors: not a broken setup, no reason to back off.
+                        if !failure.is_worker_side() {
+                            self.start_failed();
+                        }
                         return Err(failure);
                     }
                 }
@@ -371,9 +396,16 @@ impl PhpHandler {
             Ended::Response(response) if !response.exiting => {
                 process.jobs = process.jobs.saturating_add(1);
                 // The runner flushes the job's output before it answers: what is in the pipes now
-                // is the rest of this job's output.
-                process.output.drain_ready();
-                let recycle = if settings.max_jobs > 0 && process.jobs >= settings.max_jobs {
+                // is the rest of this job's output. Read without waiting, and a bounded amount:
+                // the outcome must not wait for whatever the job left writing to them.
+                let recycle = if process.output.drain_ready().still_written {
+                    tracing::warn!(
+                        pid = process.pid(),
+                        "the job left something writing to its PHP worker's stdout or stderr; \
+                         replacing the worker"
+                    );
+                    Some("its output is still being written to after the job".to_string())
+                } else if settings.max_jobs > 0 && process.jobs >= settings.max_jobs {
                     Some(format!("it has run {} jobs", process.jobs))
                 } else if settings.max_memory > 0 && response.memory > settings.max_memory {
                     Some(format!(

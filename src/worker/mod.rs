@@ -90,6 +90,9 @@ pub struct Worker {
     warned_keys: HashMap<String, Instant>,
     /// Set once the worker's records are in Redis (the supervisor sends READY after that).
     registered: Arc<AtomicBool>,
+    /// The wait after the last worker-side error ([`JobFailure::worker_side`]); zero after a job
+    /// that ran.
+    setback: Duration,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -111,6 +114,7 @@ impl Worker {
             tick,
             warned_keys: HashMap::new(),
             registered,
+            setback: Duration::ZERO,
         }
     }
 
@@ -311,6 +315,8 @@ impl Worker {
             };
             match &result {
                 JobResult::Done(Ok(())) => info!(elapsed = ?started.elapsed(), "job complete"),
+                // Logged with the wait that follows, by `set_back`.
+                JobResult::Done(Err(f)) if f.is_worker_side() => {}
                 JobResult::Done(Err(f)) => {
                     warn!(exception = %f.exception, error = %f.error, "job failed")
                 }
@@ -326,6 +332,12 @@ impl Worker {
             JobResult::Aborted => {
                 self.give_back(&job).instrument(span).await;
                 stats.busy.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            JobResult::Done(Err(failure)) if failure.is_worker_side() => {
+                self.give_back(&job).instrument(span.clone()).await;
+                stats.busy.fetch_sub(1, Ordering::Relaxed);
+                self.set_back(&failure, control).instrument(span).await;
                 return None;
             }
             JobResult::Done(Ok(())) => Outcome::Complete,
@@ -348,6 +360,7 @@ impl Worker {
                 }))
             }
         };
+        self.setback = Duration::ZERO;
         let failed = matches!(outcome, Outcome::Failed(_));
         let go_on = {
             let now = *control.borrow();
@@ -536,6 +549,18 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// After a worker-side error (the job given back): waits before the next reservation, from
+    /// 250 ms doubling to 10 s while they continue, with jitter so that the workers that hit the
+    /// same limit do not all come back at once.
+    async fn set_back(&mut self, failure: &JobFailure, control: &mut watch::Receiver<Control>) {
+        use rand::Rng;
+        self.setback =
+            (self.setback * 2).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        let wait = rand::thread_rng().gen_range(self.setback / 2..=self.setback);
+        warn!(retry_in = ?wait, "job not started: {}; it goes back to its queue", failure.error);
+        self.idle(control, wait, false).await;
     }
 
     /// Puts the job back at the head of its queue.
