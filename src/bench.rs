@@ -251,7 +251,7 @@ pub async fn run(base: &Config, opts: &BenchOptions) -> anyhow::Result<BenchRepo
     let dir = tempfile_dir()?;
     let config = bench_config(base, opts, &namespace, &dir)?;
     let keys = config.redis.keys();
-    let client = config.redis.client()?;
+    let client = crate::connection::open_client(&config.redis).await?;
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config.redis.async_config())
         .await?;

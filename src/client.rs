@@ -98,10 +98,12 @@ pub struct Client {
 impl Client {
     pub async fn connect(config: &RedisConfig) -> Result<Client> {
         let address = config.display.clone();
-        let client = config.client().map_err(|source| ClientError::Connect {
-            address: address.clone(),
-            source,
-        })?;
+        let client = crate::connection::open_client(config)
+            .await
+            .map_err(|source| ClientError::Connect {
+                address: address.clone(),
+                source,
+            })?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&config.async_config())
             .await

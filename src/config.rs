@@ -298,6 +298,15 @@ struct RedisSection {
     namespace: Option<String>,
     connect_timeout: Option<Seconds>,
     command_timeout: Option<Seconds>,
+    /// Redis Sentinel: `["host:26379", …]`; with `master_name`, the master is asked of them.
+    sentinels: Option<Vec<String>>,
+    master_name: Option<String>,
+    sentinel_username: Option<String>,
+    sentinel_password: Option<Secret>,
+    sentinel_password_file: Option<PathBuf>,
+    /// Durability: outcomes and reservations wait for this many replicas (`WAIT`).
+    wait_replicas: Option<u32>,
+    wait_timeout: Option<Seconds>,
 }
 
 /// Keys allowed both in `[worker]` and in `[instance.NAME]`.
@@ -378,6 +387,31 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// The address without credentials, for logs and errors.
     pub display: String,
+    /// Where to ask for the master, if through Sentinel (`connection` then gives everything
+    /// but the address).
+    pub sentinel: Option<SentinelSettings>,
+    /// Replicas every reservation and outcome waits for (0: none), and for how long at most.
+    pub wait_replicas: u32,
+    pub wait_timeout: Duration,
+}
+
+/// Redis Sentinel: the sentinels to ask and the master's name. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    pub nodes: Vec<(String, u16)>,
+    pub master_name: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("nodes", &self.nodes)
+            .field("master_name", &self.master_name)
+            .field("username", &self.username)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -399,6 +433,9 @@ impl PartialEq for RedisConfig {
                 == other.connection.redis_settings().username()
             && self.connect_timeout == other.connect_timeout
             && self.command_timeout == other.command_timeout
+            && self.sentinel == other.sentinel
+            && self.wait_replicas == other.wait_replicas
+            && self.wait_timeout == other.wait_timeout
     }
 }
 
@@ -791,7 +828,20 @@ fn build_redis(
         .set_keepalive(keepalive)
         .set_user_timeout(Duration::from_secs(20));
     info = info.set_tcp_settings(tcp);
-    let display = describe_connection(&info);
+    let sentinel = build_sentinel(section, origin)?;
+    let display = match &sentinel {
+        Some(s) => format!(
+            "sentinel master {:?} via {} db {}",
+            s.master_name,
+            s.nodes
+                .iter()
+                .map(|(h, p)| format!("{}:{p}", host_text(h)))
+                .collect::<Vec<_>>()
+                .join(","),
+            info.redis_settings().db()
+        ),
+        None => describe_connection(&info),
+    };
     Ok(RedisConfig {
         connection: info,
         namespace: crate::protocol::normalize_namespace(
@@ -806,7 +856,78 @@ fn build_redis(
             .map(|s| s.0)
             .unwrap_or(Duration::from_secs(5)),
         display,
+        sentinel,
+        wait_replicas: section.wait_replicas.unwrap_or(0),
+        wait_timeout: section
+            .wait_timeout
+            .map(|s| s.0)
+            .unwrap_or(Duration::from_secs(1)),
     })
+}
+
+/// `[redis] sentinels` + `master_name` (+ credentials), checked.
+fn build_sentinel(
+    section: &RedisSection,
+    origin: &str,
+) -> Result<Option<SentinelSettings>, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(origin, key, msg);
+    let Some(list) = &section.sentinels else {
+        if section.master_name.is_some() {
+            return Err(err(
+                "redis.master_name",
+                "needs `sentinels = [\"host:26379\", …]`".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if list.is_empty() {
+        return Err(err(
+            "redis.sentinels",
+            "must name at least one sentinel".into(),
+        ));
+    }
+    let Some(master_name) = section.master_name.clone().filter(|m| !m.is_empty()) else {
+        return Err(err(
+            "redis.master_name",
+            "is required with sentinels (the name the sentinels monitor, e.g. \"mymaster\")".into(),
+        ));
+    };
+    let nodes = list
+        .iter()
+        .map(|entry| {
+            let (host, port) = match entry.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse::<u16>().ok()),
+                None => (entry.as_str(), Some(26379)),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            match port {
+                Some(port) if !host.is_empty() && port > 0 => Ok((host.to_string(), port)),
+                _ => Err(err(
+                    "redis.sentinels",
+                    format!("{entry:?} is not host:port"),
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let password = match (&section.sentinel_password, &section.sentinel_password_file) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "redis.sentinel_password_file",
+                "give either sentinel_password or sentinel_password_file, not both".into(),
+            ))
+        }
+        (Some(p), None) => Some(p.0.clone()),
+        (None, Some(file)) => {
+            Some(read_password_file(file).map_err(|m| err("redis.sentinel_password_file", m))?)
+        }
+        (None, None) => None,
+    };
+    Ok(Some(SentinelSettings {
+        nodes,
+        master_name,
+        username: section.sentinel_username.clone(),
+        password,
+    }))
 }
 
 /// Turns a TOML error into "file:line: key: message".

@@ -43,7 +43,7 @@ pub enum Problem {
 /// The server's error code, also when redis-rs folded it into a transaction's or a script's
 /// error ("Transaction aborted: [(Index 0, error: \"OOM\": …)]").
 fn server_code(e: &RedisError) -> Option<&'static str> {
-    const CODES: [&str; 4] = ["OOM", "READONLY", "MASTERDOWN", "LOADING"];
+    const CODES: [&str; 5] = ["OOM", "READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS"];
     if let Some(code) = e.code() {
         if let Some(known) = CODES.iter().find(|c| **c == code) {
             return Some(known);
@@ -65,7 +65,7 @@ impl Problem {
         if let Some(code) = server_code(e) {
             return match code {
                 "OOM" => Problem::OutOfMemory,
-                "READONLY" | "MASTERDOWN" => Problem::ReadOnly,
+                "READONLY" | "MASTERDOWN" | "NOREPLICAS" => Problem::ReadOnly,
                 _ => Problem::Loading,
             };
         }
@@ -144,12 +144,65 @@ impl Health {
     }
 }
 
+/// A client for the Redis to use: the configured one, or — through Sentinel — the master the
+/// sentinels name now (asked again on every new socket, so a failover is followed). The
+/// master's role is checked before it is used. Bounded by `connect_timeout` per attempt.
+pub async fn open_client(redis: &RedisConfig) -> Result<redis::Client, RedisError> {
+    let Some(sentinel) = &redis.sentinel else {
+        return redis.client();
+    };
+    let nodes: Vec<redis::ConnectionInfo> = sentinel
+        .nodes
+        .iter()
+        .map(|(host, port)| {
+            use redis::IntoConnectionInfo;
+            let info = redis::ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(user) = &sentinel.username {
+                settings = settings.set_username(user);
+            }
+            if let Some(pass) = &sentinel.password {
+                settings = settings.set_password(pass);
+            }
+            Ok(info
+                .set_redis_settings(settings)
+                .set_tcp_settings(redis.connection.tcp_settings().clone()))
+        })
+        .collect::<Result<_, RedisError>>()?;
+    let mut asker = redis::sentinel::Sentinel::build(nodes)?;
+    let node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(redis.connection.redis_settings().clone())
+        .set_tcp_settings(redis.connection.tcp_settings().clone());
+    let limit = redis.connect_timeout * 2;
+    let client = tokio::time::timeout(
+        limit,
+        asker.async_master_for(&sentinel.master_name, Some(&node_info)),
+    )
+    .await
+    .map_err(|_| {
+        RedisError::from((
+            ErrorKind::Io,
+            "no sentinel named the master in time",
+            format!("{:?} within {limit:?}", sentinel.master_name),
+        ))
+    })??;
+    debug!(
+        master = %crate::config::describe_connection(client.get_connection_info()),
+        name = %sentinel.master_name,
+        "Sentinel named the master"
+    );
+    Ok(client)
+}
+
 /// Whether an error means the socket (or the server behind it) must be replaced.
 pub fn needs_reconnect(e: &RedisError) -> bool {
     if e.is_unrecoverable_error() || e.is_timeout() || e.is_connection_dropped() {
         return true;
     }
-    if matches!(server_code(e), Some("READONLY" | "MASTERDOWN" | "LOADING")) {
+    if matches!(
+        server_code(e),
+        Some("READONLY" | "MASTERDOWN" | "LOADING" | "NOREPLICAS")
+    ) {
         return true;
     }
     matches!(
@@ -212,7 +265,7 @@ impl Connection {
         if let Some((generation, conn)) = current.as_ref() {
             return Ok((*generation, conn.clone()));
         }
-        let client = self.inner.redis.client()?;
+        let client = open_client(&self.inner.redis).await?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.inner.redis.async_config())
             .await?;
@@ -222,7 +275,7 @@ impl Connection {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        debug!(redis = %self.inner.redis.display, generation, "connected to Redis");
+        debug!(redis = %self.inner.redis.display, at = %crate::config::describe_connection(client.get_connection_info()), generation, "connected to Redis");
         *current = Some((generation, conn.clone()));
         Ok((generation, conn))
     }

@@ -207,6 +207,8 @@ impl Supervisor {
             wake: Arc::new(wakeup::Wakeup::new(config.worker.count as usize)),
             stats,
             late: LateStatuses::new(),
+            wait_replicas: (config.redis.wait_replicas > 0)
+                .then_some((config.redis.wait_replicas, config.redis.wait_timeout)),
         });
         let wake_stop = Arc::new(Notify::new());
         let tracked = wakeup::Tracked {

@@ -37,13 +37,14 @@ pub enum Reservation {
     Paused,
 }
 
-/// A job in a worker's in-flight list. `raw` is the entry's bytes as Redis holds them (maybe
-/// not even UTF-8), so the outcome can name exactly that entry.
+/// A job in a worker's in-flight list. `entry` is the in-flight element as Redis holds it
+/// (`<token>|<payload>`), so the outcome names exactly that reservation; `raw` is the payload's
+/// bytes as the producer wrote them (maybe not even UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reserved {
     pub queue: String,
+    pub entry: Vec<u8>,
     pub raw: Vec<u8>,
-    pub token: String,
     pub held: bool,
     /// The job has an id but its status key did not exist yet: the enqueuer may write it late.
     pub status_late: bool,
@@ -56,15 +57,33 @@ pub struct ReserveReply {
     pub skipped: Vec<String>,
 }
 
-/// The RESERVE script (EVALSHA) for one worker: see [`super::scripts::RESERVE_LUA`].
-pub fn reserve(keys: &Keys, worker_id: &str, token: &str, queues: &[String]) -> redis::Cmd {
+/// The payload in an in-flight entry: after `<16 hex digits>|`, or the whole entry (written by
+/// an older version, without a token).
+pub fn entry_payload(entry: &[u8]) -> &[u8] {
+    match entry.get(..17) {
+        Some(head) if head[16] == b'|' && head[..16].iter().all(u8::is_ascii_hexdigit) => {
+            &entry[17..]
+        }
+        _ => entry,
+    }
+}
+
+/// The RESERVE script (EVALSHA) for one worker: see [`super::scripts::RESERVE_LUA`]. `token`:
+/// 16 hex digits, new for each reservation; `look_for_held`: hand back a job the worker holds
+/// (after an error, a reply may have been lost).
+pub fn reserve(
+    keys: &Keys,
+    worker_id: &str,
+    token: &str,
+    look_for_held: bool,
+    queues: &[String],
+) -> redis::Cmd {
     let script_keys = [
         keys.inflight(worker_id),
         keys.inflight_index(),
         keys.worker(worker_id),
         keys.pause_all_workers(),
         keys.queues(),
-        keys.inflight_tokens(),
     ];
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(super::scripts::RESERVE.get_hash())
@@ -75,6 +94,7 @@ pub fn reserve(keys: &Keys, worker_id: &str, token: &str, queues: &[String]) -> 
         .arg(super::now_unix())
         .arg(keys.prefix())
         .arg(token)
+        .arg(if look_for_held { "1" } else { "0" })
         .arg(queues);
     cmd
 }
@@ -98,15 +118,16 @@ pub fn parse_reserve(reply: redis::Value) -> Result<ReserveReply, redis::RedisEr
     };
     let kind = items.first().map(text).transpose()?.unwrap_or_default();
     let (reservation, rest) = match kind.as_str() {
-        "held" | "job" if items.len() >= 5 => {
+        "held" | "job" if items.len() >= 4 => {
+            let entry: Vec<u8> = redis::from_redis_value(items[2].clone())?;
             let reserved = Reserved {
                 queue: text(&items[1])?,
-                raw: redis::from_redis_value(items[2].clone())?,
-                token: text(&items[3])?,
+                raw: entry_payload(&entry).to_vec(),
+                entry,
                 held: kind == "held",
-                status_late: text(&items[4])? == "1",
+                status_late: text(&items[3])? == "1",
             };
-            (Reservation::Job(reserved), &items[5..])
+            (Reservation::Job(reserved), &items[4..])
         }
         "empty" => (Reservation::Empty, &items[1..]),
         "paused" => (Reservation::Paused, &items[1..]),
@@ -164,7 +185,7 @@ pub fn requeue(
     keys: &Keys,
     worker_id: &str,
     queue: &str,
-    raw: &[u8],
+    entry: &[u8],
 ) -> redis::ScriptInvocation<'static> {
     let mut invocation = super::scripts::REQUEUE.prepare_invoke();
     invocation
@@ -172,10 +193,9 @@ pub fn requeue(
         .key(keys.queue(queue))
         .key(keys.worker(worker_id))
         .key(keys.queues())
-        .key(keys.inflight_tokens())
-        .arg(raw)
+        .arg(entry)
+        .arg(entry_payload(entry))
         .arg(queue)
-        .arg(worker_id)
         .arg(keys.prefix())
         .arg(super::now_unix());
     invocation
@@ -185,20 +205,18 @@ pub fn requeue(
 /// stats (a failed job counts as processed too, as in php-resque and Ruby resque), the failure
 /// record, the worker record, and the removal from the in-flight list that makes the job done.
 ///
-/// Written once only: the script does nothing unless the job is still in flight under
-/// `token` (empty: under any token, for recovery). A retry after an attempt that timed out but
+/// Written once only: the script does nothing unless the job's in-flight `entry` (its
+/// reservation token and payload) is still there. A retry after an attempt that timed out but
 /// that Redis ran after all (a failover's CLIENT PAUSE, a stalled server) would otherwise write
 /// the failure record and the stats again, or remove the next job of the same bytes.
 pub fn finish(
     keys: &Keys,
     worker_id: &str,
-    token: &str,
-    payload_raw: &[u8],
+    entry: &[u8],
     payload: Option<&Payload>,
     outcome: &Outcome,
 ) -> redis::ScriptInvocation<'static> {
-    let (script_keys, args) =
-        finish_keys_args(keys, worker_id, token, payload_raw, payload, outcome);
+    let (script_keys, args) = finish_keys_args(keys, worker_id, entry, payload, outcome);
     let mut invocation = super::scripts::FINISH.prepare_invoke();
     for k in &script_keys {
         invocation.key(k);
@@ -215,13 +233,11 @@ pub fn add_finish(
     pipe: &mut redis::Pipeline,
     keys: &Keys,
     worker_id: &str,
-    token: &str,
-    payload_raw: &[u8],
+    entry: &[u8],
     payload: Option<&Payload>,
     outcome: &Outcome,
 ) {
-    let (script_keys, args) =
-        finish_keys_args(keys, worker_id, token, payload_raw, payload, outcome);
+    let (script_keys, args) = finish_keys_args(keys, worker_id, entry, payload, outcome);
     pipe.cmd("EVALSHA")
         .arg(super::scripts::FINISH.get_hash())
         .arg(script_keys.len())
@@ -232,8 +248,7 @@ pub fn add_finish(
 fn finish_keys_args(
     keys: &Keys,
     worker_id: &str,
-    token: &str,
-    payload_raw: &[u8],
+    entry: &[u8],
     payload: Option<&Payload>,
     outcome: &Outcome,
 ) -> (Vec<String>, Vec<Vec<u8>>) {
@@ -256,16 +271,13 @@ fn finish_keys_args(
         keys.failed(),
         keys.stat_failed(),
         keys.stat_failed_by(worker_id),
-        keys.inflight_tokens(),
     ];
     script_keys.extend(status_key);
     let args = vec![
-        payload_raw.to_vec(),
+        entry.to_vec(),
         failure.into_bytes(),
         StatusRecord::update_json(status, super::now_unix()).into_bytes(),
         STATUS_TTL_SECS.to_string().into_bytes(),
-        worker_id.as_bytes().to_vec(),
-        token.as_bytes().to_vec(),
     ];
     (script_keys, args)
 }
@@ -318,7 +330,6 @@ pub fn unregister(keys: &Keys, worker_id: &str) -> redis::Pipeline {
     pipe.del(keys.stat_failed_by(worker_id)).ignore();
     pipe.hdel(keys.workers_heartbeat(), worker_id).ignore();
     pipe.hdel(keys.inflight_index(), worker_id).ignore();
-    pipe.hdel(keys.inflight_tokens(), worker_id).ignore();
     pipe
 }
 

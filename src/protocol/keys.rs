@@ -105,11 +105,6 @@ impl Keys {
     pub fn inflight_index(&self) -> String {
         self.key("inflight")
     }
-    /// Hash worker id → token of the reservation it holds, so an outcome is written only for
-    /// the reservation it belongs to.
-    pub fn inflight_tokens(&self) -> String {
-        self.key("inflight-token")
-    }
     /// How often one payload was found in the hands of a dead worker (poison-pill counter).
     pub fn lost_count(&self, payload_digest: &str) -> String {
         self.key(&format!("lost:{payload_digest}"))

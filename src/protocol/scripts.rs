@@ -6,9 +6,9 @@
 //! - a reservation made while the worker already holds a job returns that job (held by the
 //!   lost reply) instead of taking another, so a lost reply means "run the held job", never a
 //!   job stuck in flight;
-//! - every reservation carries a token, and an outcome is written only for the reservation it
-//!   names, so a repeated outcome cannot remove the next job even when both payloads are the same
-//!   bytes (Ruby and node jobs without an id);
+//! - every reservation carries a token, kept in the in-flight entry itself (`<token>|<payload>`),
+//!   and an outcome removes exactly that entry, so a repeated outcome cannot remove the next job
+//!   even when both payloads are the same bytes (Ruby and node jobs without an id);
 //! - a script checks what can fail (a key of the wrong type) before it moves anything, because
 //!   Redis keeps the effects of a script that errors half way.
 
@@ -37,28 +37,26 @@ local function usable_list(key)
 end
 "#;
 
-/// Reserve: hand back the job this worker already holds, or move the first job of the first
-/// non-empty queue (priority order) into the worker's in-flight list and record that the worker
-/// runs it — in one step, so a job is never only in our memory. Writes `worker:<id>` and the
-/// RUNNING status (only if the status key exists, as php-resque does). A queue named `*` stands
-/// for every queue in the `queues` set not named before it, sorted. A queue key of the wrong
-/// type is skipped (and named in the reply) so the other queues keep flowing.
+/// Reserve: hand back the job this worker already holds (when asked to look: after an error,
+/// at start), or move the first job of the first non-empty queue (priority order) into the
+/// worker's in-flight list as `<token>|<payload>` and record that the worker runs it — in one
+/// step, so a job is never only in our memory. Writes `worker:<id>` and the RUNNING status
+/// (only if the status key exists, as php-resque does). A queue named `*` stands for every
+/// queue in the `queues` set not named before it, sorted. A queue key of the wrong type is
+/// skipped (and named in the reply) so the other queues keep flowing.
 ///
-/// KEYS: inflight list, inflight index, worker key, pause-all-workers, queues set, token hash.
-/// ARGV: worker id, run_at text, unix now, namespace prefix, new token, queue names…
-/// Returns `{'held'|'job', queue, payload, token, late, bad…}`, `{'empty', bad…}` or
-/// `{'paused'}`; `late` is '1' when the job has an id but no status key yet (php-resque writes
-/// the status after the push: it may still come).
+/// KEYS: inflight list, inflight index, worker key, pause-all-workers, queues set.
+/// ARGV: worker id, run_at text, unix now, namespace prefix, new token, look for a held job
+/// ('1'/'0'), queue names…
+/// Returns `{'held'|'job', queue, entry, late, bad…}`, `{'empty', bad…}` or `{'paused'}`;
+/// `late` is '1' when the job has an id but no status key yet (php-resque writes the status
+/// after the push: it may still come).
 pub const RESERVE_LUA: &str = r#"
-local held = redis.call('LINDEX', KEYS[1], 0)
-if held then
-  local queue = redis.call('HGET', KEYS[2], ARGV[1]) or ''
-  local token = redis.call('HGET', KEYS[6], ARGV[1])
-  if not token then
-    token = ARGV[5]
-    redis.call('HSET', KEYS[6], ARGV[1], token)
+if ARGV[6] == '1' then
+  local held = redis.call('LINDEX', KEYS[1], 0)
+  if held then
+    return {'held', redis.call('HGET', KEYS[2], ARGV[1]) or '', held, '0'}
   end
-  return {'held', queue, held, token, '0'}
 end
 local paused = redis.pcall('GET', KEYS[4])
 if type(paused) == 'string' and string.lower(paused):match('^%s*true%s*$') then
@@ -66,7 +64,7 @@ if type(paused) == 'string' and string.lower(paused):match('^%s*true%s*$') then
 end
 local prefix = ARGV[4]
 local names, seen, bad = {}, {}, {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   if ARGV[i] == '*' then
     local all = redis.pcall('SMEMBERS', KEYS[5])
     if all.err then
@@ -83,16 +81,17 @@ for i = 6, #ARGV do
   end
 end
 for _, queue in ipairs(names) do
-  local payload = redis.pcall('LMOVE', prefix .. 'queue:' .. queue, KEYS[1], 'LEFT', 'RIGHT')
+  local payload = redis.pcall('LPOP', prefix .. 'queue:' .. queue)
   if type(payload) == 'table' and payload.err then
     -- Only a key of the wrong type is skipped; anything else (READONLY, OOM) is Redis's
     -- problem, not the key's, and nothing has been written yet.
     if not wrongtype(payload) then return redis.error_reply(payload.err) end
     bad[#bad + 1] = prefix .. 'queue:' .. queue
   elseif payload then
-    local late = '0'
+    local entry = ARGV[5] .. '|' .. payload
+    redis.call('RPUSH', KEYS[1], entry)
     redis.call('HSET', KEYS[2], ARGV[1], queue)
-    redis.call('HSET', KEYS[6], ARGV[1], ARGV[5])
+    local late = '0'
     local ok, job = pcall(cjson.decode, payload)
     if ok and type(job) == 'table' then
       redis.call('SET', KEYS[3], '{"queue":' .. cjson.encode(queue) .. ',"run_at":' ..
@@ -102,7 +101,7 @@ for _, queue in ipairs(names) do
         late = '1'
       end
     end
-    local reply = {'job', queue, payload, ARGV[5], late}
+    local reply = {'job', queue, entry, late}
     for _, b in ipairs(bad) do reply[#reply + 1] = b end
     return reply
   end
@@ -114,22 +113,21 @@ return reply
 
 pub static RESERVE: LazyLock<redis::Script> = LazyLock::new(|| script(RESERVE_LUA));
 
-/// Give a reserved job back: remove it from the in-flight list and put it at the head of its
-/// queue, only if it was still there (so two recoverers cannot duplicate it). A tracked job's
-/// status goes back to WAITING (where the key exists).
+/// Give a reserved job back: remove its entry from the in-flight list and put the payload at
+/// the head of its queue, only if the entry was still there (so two recoverers cannot duplicate
+/// it). A tracked job's status goes back to WAITING (where the key exists).
 ///
-/// KEYS: inflight list, queue key, worker key, queues set, token hash.
-/// ARGV: payload, queue name, worker id, namespace prefix, unix now.
+/// KEYS: inflight list, queue key, worker key, queues set.
+/// ARGV: in-flight entry, payload, queue name, namespace prefix, unix now.
 /// Returns 1 if the job went back, 0 if it was no longer in flight, -1 if the queue key has
 /// the wrong type (the job stays in flight).
 pub const REQUEUE_LUA: &str = r#"
 if not usable_list(KEYS[2]) then return -1 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.pcall('SADD', KEYS[4], ARGV[2])
-  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.pcall('SADD', KEYS[4], ARGV[3])
+  redis.call('LPUSH', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[3])
-  redis.call('HDEL', KEYS[5], ARGV[3])
-  local key = status_key(ARGV[4], ARGV[1])
+  local key = status_key(ARGV[4], ARGV[2])
   if key then
     redis.call('SET', key, '{"status":1,"updated":' .. ARGV[5] .. '}', 'XX')
   end
@@ -168,25 +166,25 @@ return 0
 
 pub static TAKE_OVER_LOCK: LazyLock<redis::Script> = LazyLock::new(|| script(TAKE_OVER_LOCK_LUA));
 
-/// Record a finished job, once: nothing happens unless the job is still in the worker's
-/// in-flight list *under the reservation token given* (an empty token: any — recovery of a dead
-/// worker), so a retried outcome (the first attempt timed out but ran) or a job that recovery
-/// already took is not counted twice. When nothing is written and the worker holds nothing,
-/// its `worker:<id>` record is cleared all the same.
+/// Record a finished job, once: nothing happens unless the job's in-flight entry (token and
+/// payload) is still in the worker's list, so a retried outcome (the first attempt timed out but
+/// ran) or a job that recovery already took is not counted twice, and never removes another
+/// job of the same bytes. When nothing is written and the worker holds nothing, its
+/// `worker:<id>` record is cleared all the same.
 ///
 /// KEYS: inflight list, worker key, stat:processed, stat:processed:<id>, failed list,
-/// stat:failed, stat:failed:<id>, token hash, and the status key when the job has an id.
-/// ARGV: payload, failure record JSON (empty when complete), status JSON, status TTL,
-/// worker id, token.
+/// stat:failed, stat:failed:<id>, and the status key when the job has an id.
+/// ARGV: in-flight entry, failure record JSON (empty when complete), status JSON, status TTL.
 /// Returns 1 if the outcome was written, 2 if written but the job has an id and no status key
 /// (yet), 0 if the job was no longer in flight.
 pub const FINISH_LUA: &str = r#"
-local function gone()
+if ARGV[2] ~= '' and not usable_list(KEYS[5]) then
+  return redis.error_reply('WRONGTYPE the failed list ' .. KEYS[5] .. ' is not a list')
+end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
   return 0
 end
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[8], ARGV[5]) ~= ARGV[6] then return gone() end
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then return gone() end
 if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[5], ARGV[2])
   redis.call('INCRBY', KEYS[6], '1')
@@ -195,15 +193,13 @@ end
 redis.call('INCRBY', KEYS[3], '1')
 redis.call('INCRBY', KEYS[4], '1')
 local written = 1
-if KEYS[9] then
-  if redis.call('SET', KEYS[9], ARGV[3], 'XX') then
-    redis.call('EXPIRE', KEYS[9], tonumber(ARGV[4]))
+if KEYS[8] then
+  if redis.call('SET', KEYS[8], ARGV[3], 'XX') then
+    redis.call('EXPIRE', KEYS[8], tonumber(ARGV[4]))
   else
     written = 2
   end
 end
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-redis.call('HDEL', KEYS[8], ARGV[5])
 redis.call('DEL', KEYS[2])
 return written
 "#;

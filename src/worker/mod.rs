@@ -70,6 +70,8 @@ pub struct Shared {
     pub stats: Arc<PoolStats>,
     /// Statuses to put over ones the enqueuer writes after the push.
     pub late: Arc<late_status::LateStatuses>,
+    /// `[redis] wait_replicas`: replicas each reservation and outcome waits for, and how long.
+    pub wait_replicas: Option<(u32, Duration)>,
 }
 
 /// Seconds since this process started, for the liveness ticks the watchdog reads.
@@ -90,6 +92,9 @@ pub struct Worker {
     warned_keys: HashMap<String, Instant>,
     /// Set once the worker's records are in Redis (the supervisor sends READY after that).
     registered: Arc<AtomicBool>,
+    /// A reply may have been lost since the last reservation reply (an error, or the start):
+    /// the next reservation looks for a job this worker already holds.
+    maybe_holding: bool,
     /// The wait after the last worker-side error ([`JobFailure::worker_side`]); zero after a job
     /// that ran.
     setback: Duration,
@@ -115,6 +120,7 @@ impl Worker {
             warned_keys: HashMap::new(),
             registered,
             setback: Duration::ZERO,
+            maybe_holding: true,
         }
     }
 
@@ -202,6 +208,7 @@ impl Worker {
                     self.idle(&mut control, self.shared.interval, false).await;
                 }
                 Err(e) => {
+                    self.maybe_holding = true;
                     warn!(worker = %self.id_text, error = %e, retry_in = ?backoff, "cannot reserve a job; Redis unavailable?");
                     self.idle(&mut control, backoff, false).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -241,26 +248,56 @@ impl Worker {
         }
     }
 
-    /// A RESERVE for this worker with a fresh reservation token.
+    /// A RESERVE for this worker with a fresh reservation token. It also looks for a job the
+    /// worker already holds when a reply may have been lost since the last look.
     fn reserve_cmd(&self) -> redis::Cmd {
         let token = format!("{:016x}", rand::random::<u64>());
         commands::reserve(
             &self.shared.keys,
             &self.id_text,
             &token,
+            self.maybe_holding,
             &self.shared.queues,
         )
     }
 
     async fn reserve(&mut self) -> Result<Reservation, redis::RedisError> {
-        let cmd = self.reserve_cmd();
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.reserve_cmd());
+        self.add_wait(&mut pipe);
         let mut conn = self.conn.clone();
-        let reply: redis::Value = self.ticking(cmd.query_async(&mut conn)).await?;
+        let replies: Vec<redis::Value> = self.ticking(pipe.query_async(&mut conn)).await?;
+        let mut replies = replies.into_iter();
+        let reply = replies.next().unwrap_or(redis::Value::Nil);
+        self.check_wait(replies.next());
         Ok(self.read_reservation(reply))
+    }
+
+    /// With `wait_replicas`, a `WAIT` after the writes of the same round trip: the reply comes
+    /// once that many replicas have them (or the timeout passed).
+    fn add_wait(&self, pipe: &mut redis::Pipeline) {
+        if let Some((replicas, timeout)) = self.shared.wait_replicas {
+            pipe.cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64);
+        }
+    }
+
+    fn check_wait(&self, reply: Option<redis::Value>) {
+        if let (Some((wanted, timeout)), Some(redis::Value::Int(got))) =
+            (self.shared.wait_replicas, reply)
+        {
+            if got < i64::from(wanted) {
+                warn!(worker = %self.id_text, replicas = got, wanted, ?timeout, "only {got} of {wanted} replicas acknowledged the write in time; a failover now could undo it (the job would run again)");
+            }
+        }
     }
 
     /// Reads a reservation reply, warning (now and then) about skipped keys.
     fn read_reservation(&mut self, reply: redis::Value) -> Reservation {
+        if let redis::Value::ServerError(_) = reply {
+            self.maybe_holding = true;
+        }
         let reply = match commands::parse_reserve(reply) {
             Ok(r) => r,
             Err(e) => {
@@ -268,6 +305,7 @@ impl Worker {
                 return Reservation::Empty;
             }
         };
+        self.maybe_holding = false;
         for key in reply.skipped {
             let due = self
                 .warned_keys
@@ -402,18 +440,22 @@ impl Worker {
             &mut pipe,
             &self.shared.keys,
             &self.id_text,
-            &job.token,
-            &job.raw,
+            &job.entry,
             payload,
             outcome,
         );
         pipe.add_command(self.reserve_cmd());
+        self.add_wait(&mut pipe);
         let mut conn = self.conn.clone();
         match self
-            .ticking(pipe.query_async::<(redis::Value, redis::Value)>(&mut conn))
+            .ticking(pipe.query_async::<Vec<redis::Value>>(&mut conn))
             .await
         {
-            Ok((written, reply)) => {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                let written = replies.next().unwrap_or(redis::Value::Nil);
+                let reply = replies.next().unwrap_or(redis::Value::Nil);
+                self.check_wait(replies.next());
                 match written {
                     redis::Value::Int(1) => {}
                     redis::Value::Int(2) => self.status_written_late(job, payload, outcome),
@@ -422,6 +464,7 @@ impl Worker {
                 Some(Some(self.read_reservation(reply)))
             }
             Err(e) => {
+                self.maybe_holding = true;
                 debug!(error = %e, "combined outcome and reservation failed; writing the outcome again");
                 None
             }
@@ -516,8 +559,7 @@ impl Worker {
         let invocation = commands::finish(
             &self.shared.keys,
             &self.id_text,
-            &job.token,
-            &job.raw,
+            &job.entry,
             payload,
             outcome,
         );
@@ -528,10 +570,10 @@ impl Worker {
                 .ticking(invocation.invoke_async::<i64>(&mut conn))
                 .await
             {
-                Ok(1) => return,
+                Ok(1) => return self.wait_for_replicas().await,
                 Ok(2) => {
                     self.status_written_late(job, payload, outcome);
-                    return;
+                    return self.wait_for_replicas().await;
                 }
                 Ok(_) => {
                     self.outcome_not_in_flight(retry);
@@ -563,6 +605,22 @@ impl Worker {
         self.idle(control, wait, false).await;
     }
 
+    /// `WAIT` on its own (after an outcome written outside the combined round trip).
+    async fn wait_for_replicas(&self) {
+        if self.shared.wait_replicas.is_none() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        self.add_wait(&mut pipe);
+        let mut conn = self.conn.clone();
+        if let Ok(replies) = self
+            .ticking(pipe.query_async::<Vec<redis::Value>>(&mut conn))
+            .await
+        {
+            self.check_wait(replies.into_iter().next());
+        }
+    }
+
     /// Puts the job back at the head of its queue.
     async fn give_back(&mut self, job: &Reserved) {
         if job.status_late {
@@ -574,7 +632,8 @@ impl Worker {
                 }
             }
         }
-        let invocation = commands::requeue(&self.shared.keys, &self.id_text, &job.queue, &job.raw);
+        let invocation =
+            commands::requeue(&self.shared.keys, &self.id_text, &job.queue, &job.entry);
         let mut conn = self.conn.clone();
         match self
             .ticking(invocation.invoke_async::<i64>(&mut conn))
@@ -612,7 +671,7 @@ impl Worker {
 
     /// A RESERVE that can only return a held job: no queues to take from, paused or not.
     fn reserve_peek(&self) -> redis::Cmd {
-        commands::reserve(&self.shared.keys, &self.id_text, "", &[])
+        commands::reserve(&self.shared.keys, &self.id_text, "", true, &[])
     }
 
     async fn unregister(&mut self) {

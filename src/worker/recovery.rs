@@ -241,6 +241,9 @@ async fn settle_lost_job(
     raw: &[u8],
 ) -> Result<Settled, redis::RedisError> {
     let keys = ctx.keys;
+    // `raw` is the in-flight entry (token and payload); the job is its payload.
+    let entry = raw;
+    let raw = commands::entry_payload(entry);
     let digest = sha1_hex(raw);
     let losses: u32 = scripts::COUNT_LOSS
         .key(keys.lost_count(&digest))
@@ -254,7 +257,7 @@ async fn settle_lost_job(
         .unwrap_or_default();
     let poison = losses >= ctx.max_lost;
     if ctx.on_lost == OnLost::Requeue && !poison {
-        let moved: i64 = commands::requeue(keys, worker, queue, raw)
+        let moved: i64 = commands::requeue(keys, worker, queue, entry)
             .invoke_async(conn)
             .await?;
         return Ok(match moved {
@@ -297,8 +300,7 @@ async fn settle_lost_job(
     let written: i64 = commands::finish(
         keys,
         worker,
-        "",
-        raw,
+        entry,
         payload.as_ref(),
         &Outcome::Failed(Box::new(record)),
     )

@@ -9,8 +9,8 @@
 //! tracking connection is lost, workers still look every `interval` until it is back.
 //!
 //! A connection that only listens cannot tell a quiet Redis from a dead socket (a NAT that forgot
-//! it, a Redis host that lost power): it PINGs every [`LIVENESS`] and gives up on the socket when
-//! the answer does not come within `command_timeout`, then reconnects and wakes every idle worker
+//! it, a Redis host that lost power): it asks ROLE every [`LIVENESS`] and gives up on the socket when
+//! the answer does not come within `command_timeout` or is not "master", then reconnects and wakes every idle worker
 //! (a push may have been missed meanwhile).
 
 use super::late_status::LateStatuses;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::{debug, warn};
 
-/// How often the tracking connection proves it is alive. One PING per pool every 10 s is the
+/// How often the tracking connection proves it is alive. One ROLE per pool every 10 s is the
 /// whole idle cost; a dead socket is noticed within this plus `command_timeout`.
 const LIVENESS: Duration = Duration::from_secs(10);
 
@@ -204,13 +204,13 @@ async fn track(
     tracked: &Tracked,
     wake: &Arc<Wakeup>,
 ) -> Result<(), redis::RedisError> {
-    let settings = redis
-        .connection
+    let resolved = crate::connection::open_client(redis).await?;
+    let info = resolved.get_connection_info().clone();
+    let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    let info = redis.connection.clone().set_redis_settings(settings);
-    let client = redis::Client::open(info)?;
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     // The handshake (HELLO 3) and CLIENT TRACKING are bounded by the connection's timeouts.
     let config = redis.async_config().set_push_sender(tx);
@@ -245,14 +245,22 @@ async fn track(
                 None => return Err(closed()),
             },
             _ = liveness.tick() => {
-                // The connection's response timeout (command_timeout) bounds the wait.
-                redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| {
+                // The connection's response timeout (command_timeout) bounds the wait. ROLE
+                // rather than PING: a master demoted to a replica (a failover) is left too.
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await.map_err(|e| {
                     redis::RedisError::from((
                         redis::ErrorKind::Io,
-                        "tracking connection does not answer PING",
+                        "tracking connection does not answer",
                         e.to_string(),
                     ))
                 })?;
+                let master = matches!(role.first(), Some(v) if redis::from_redis_value::<String>(v.clone()).is_ok_and(|r| r == "master"));
+                if !master {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the tracked server is no longer the master",
+                    )));
+                }
             }
         }
     }
