@@ -230,7 +230,9 @@ struct Inner {
     health: Arc<Health>,
     /// The socket in use and its generation (bumped on every replacement, so that of many
     /// callers failing on the same dead socket only the first one drops it).
-    current: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while connecting, so that many callers finding no socket connect once.
+    connecting: tokio::sync::Mutex<()>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -242,7 +244,8 @@ impl Connection {
             inner: Arc::new(Inner {
                 redis: redis.clone(),
                 health,
-                current: tokio::sync::Mutex::new(None),
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
                 generation: std::sync::atomic::AtomicU64::new(0),
             }),
             db,
@@ -260,9 +263,17 @@ impl Connection {
         &self.inner.health
     }
 
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+        self.inner.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn socket(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
-        let mut current = self.inner.current.lock().await;
-        if let Some((generation, conn)) = current.as_ref() {
+        // The fast path, taken by every command: a clone of the socket in use.
+        if let Some((generation, conn)) = self.current().as_ref() {
+            return Ok((*generation, conn.clone()));
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some((generation, conn)) = self.current().as_ref() {
             return Ok((*generation, conn.clone()));
         }
         let client = open_client(&self.inner.redis).await?;
@@ -276,13 +287,13 @@ impl Connection {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         debug!(redis = %self.inner.redis.display, at = %crate::config::describe_connection(client.get_connection_info()), generation, "connected to Redis");
-        *current = Some((generation, conn.clone()));
+        *self.current() = Some((generation, conn.clone()));
         Ok((generation, conn))
     }
 
     /// Drops the socket of `generation` if it is still the current one.
-    async fn discard(&self, generation: u64, why: &RedisError) {
-        let mut current = self.inner.current.lock().await;
+    fn discard(&self, generation: u64, why: &RedisError) {
+        let mut current = self.current();
         if matches!(current.as_ref(), Some((g, _)) if *g == generation) {
             *current = None;
             warn!(redis = %self.inner.redis.display, error = %why, "dropping the Redis connection; the next command reconnects");
@@ -313,7 +324,7 @@ impl Connection {
             Some(e) => {
                 self.inner.health.failed(&e);
                 if needs_reconnect(&e) {
-                    self.discard(generation, &e).await;
+                    self.discard(generation, &e);
                 }
             }
         }

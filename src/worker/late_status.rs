@@ -68,6 +68,12 @@ impl LateStatuses {
             return;
         }
         state.pending.insert(status.key.clone(), (status, now));
+        // Untracked jobs never see their key written: forget them after a while, in batches.
+        if state.pending.len() % 1024 == 0 {
+            state
+                .pending
+                .retain(|_, (_, since)| now.duration_since(*since) < KEEP);
+        }
     }
 
     /// The job is no longer ours to describe (given back to its queue).
