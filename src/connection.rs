@@ -22,6 +22,9 @@ use tracing::{debug, info, warn};
 #[derive(Debug, Default)]
 pub struct Health {
     state: Mutex<HealthState>,
+    /// Bumped when Sentinel announces a new master: every socket made before is left.
+    switches: std::sync::atomic::AtomicU64,
+    switched: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -123,6 +126,23 @@ impl Health {
         }
     }
 
+    /// Sentinel named a new master: every connection of the daemon moves over.
+    pub fn master_switched(&self) {
+        self.switches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.switched.notify_waiters();
+    }
+
+    /// How many master switches were seen.
+    pub fn switches(&self) -> u64 {
+        self.switches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Completes at the next master switch.
+    pub async fn next_switch(&self) {
+        self.switched.notified().await
+    }
+
     pub fn is_ok(&self) -> bool {
         self.lock().down.is_none()
     }
@@ -194,6 +214,70 @@ pub async fn open_client(redis: &RedisConfig) -> Result<redis::Client, RedisErro
     Ok(client)
 }
 
+/// Listens to the sentinels' `+switch-master` announcements for our master and tells `health`,
+/// so every connection moves to the new master at once instead of writing to a demoted one
+/// until Sentinel reconfigures it (a split brain whose writes the resync would drop). Runs
+/// until aborted; does nothing without Sentinel.
+pub async fn follow_switches(redis: RedisConfig, health: Arc<Health>) {
+    use futures::StreamExt;
+    let Some(sentinel) = redis.sentinel.clone() else {
+        return;
+    };
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        for (host, port) in &sentinel.nodes {
+            let mut info = match redis::IntoConnectionInfo::into_connection_info(
+                redis::ConnectionAddr::Tcp(host.clone(), *port),
+            ) {
+                Ok(info) => info,
+                Err(_) => continue,
+            };
+            let mut settings = info.redis_settings().clone();
+            if let Some(user) = &sentinel.username {
+                settings = settings.set_username(user);
+            }
+            if let Some(pass) = &sentinel.password {
+                settings = settings.set_password(pass);
+            }
+            info = info
+                .set_redis_settings(settings)
+                .set_tcp_settings(redis.connection.tcp_settings().clone());
+            let subscribed = async {
+                let client = redis::Client::open(info)?;
+                let mut pubsub =
+                    tokio::time::timeout(redis.connect_timeout, client.get_async_pubsub())
+                        .await
+                        .map_err(|_| {
+                            RedisError::from((ErrorKind::Io, "sentinel does not answer"))
+                        })??;
+                pubsub.subscribe("+switch-master").await?;
+                Ok::<_, RedisError>(pubsub)
+            }
+            .await;
+            let pubsub = match subscribed {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!(sentinel = %format!("{host}:{port}"), error = %e, "cannot listen to this sentinel");
+                    continue;
+                }
+            };
+            backoff = std::time::Duration::from_millis(200);
+            debug!(sentinel = %format!("{host}:{port}"), "listening for master switches");
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let text: String = msg.get_payload().unwrap_or_default();
+                // "<name> <old ip> <old port> <new ip> <new port>"
+                if text.split(' ').next() == Some(sentinel.master_name.as_str()) {
+                    warn!(switch = %text, "Sentinel switched the master; every connection moves over");
+                    health.master_switched();
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Whether an error means the socket (or the server behind it) must be replaced.
 pub fn needs_reconnect(e: &RedisError) -> bool {
     if e.is_unrecoverable_error() || e.is_timeout() || e.is_connection_dropped() {
@@ -230,7 +314,8 @@ struct Inner {
     health: Arc<Health>,
     /// The socket in use and its generation (bumped on every replacement, so that of many
     /// callers failing on the same dead socket only the first one drops it).
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The socket in use, its generation and the master-switch count it was made under.
+    current: Mutex<Option<(u64, u64, MultiplexedConnection)>>,
     /// Held while connecting, so that many callers finding no socket connect once.
     connecting: tokio::sync::Mutex<()>,
     generation: std::sync::atomic::AtomicU64,
@@ -259,23 +344,48 @@ impl Connection {
         redis::cmd("PING").query_async::<()>(&mut conn).await
     }
 
+    /// How many sockets this connection has made (a change means a reconnect).
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn health(&self) -> &Arc<Health> {
         &self.inner.health
     }
 
-    fn current(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<(u64, u64, MultiplexedConnection)>> {
         self.inner.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket in use, unless the master switched since it was made.
+    fn usable(&self) -> Option<(u64, MultiplexedConnection)> {
+        let switches = self.inner.health.switches();
+        let mut current = self.current();
+        match current.as_ref() {
+            Some((generation, made_at, conn)) if *made_at == switches => {
+                Some((*generation, conn.clone()))
+            }
+            Some(_) => {
+                info!(redis = %self.inner.redis.display, "Sentinel named a new master: reconnecting");
+                *current = None;
+                None
+            }
+            None => None,
+        }
     }
 
     async fn socket(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
         // The fast path, taken by every command: a clone of the socket in use.
-        if let Some((generation, conn)) = self.current().as_ref() {
-            return Ok((*generation, conn.clone()));
+        if let Some(found) = self.usable() {
+            return Ok(found);
         }
         let _connecting = self.inner.connecting.lock().await;
-        if let Some((generation, conn)) = self.current().as_ref() {
-            return Ok((*generation, conn.clone()));
+        if let Some(found) = self.usable() {
+            return Ok(found);
         }
+        let switches = self.inner.health.switches();
         let client = open_client(&self.inner.redis).await?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.inner.redis.async_config())
@@ -287,14 +397,14 @@ impl Connection {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         debug!(redis = %self.inner.redis.display, at = %crate::config::describe_connection(client.get_connection_info()), generation, "connected to Redis");
-        *self.current() = Some((generation, conn.clone()));
+        *self.current() = Some((generation, switches, conn.clone()));
         Ok((generation, conn))
     }
 
     /// Drops the socket of `generation` if it is still the current one.
     fn discard(&self, generation: u64, why: &RedisError) {
         let mut current = self.current();
-        if matches!(current.as_ref(), Some((g, _)) if *g == generation) {
+        if matches!(current.as_ref(), Some((g, _, _)) if *g == generation) {
             *current = None;
             warn!(redis = %self.inner.redis.display, error = %why, "dropping the Redis connection; the next command reconnects");
         }

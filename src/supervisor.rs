@@ -215,6 +215,7 @@ impl Supervisor {
             queue_prefixes: wakeup::tracking_prefixes(&shared.keys, &shared.queues),
             status_prefix: commands::status_key_prefix(&shared.keys),
             late: shared.late.clone(),
+            health: health.clone(),
         };
         let wake_task = tokio::spawn(wakeup::run(
             config.redis.clone(),
@@ -320,6 +321,11 @@ impl Supervisor {
         let health = Health::new();
         let handlers = self.handler_map(&config).map_err(|e| anyhow::anyhow!(e))?;
 
+        // With Sentinel, master switches are followed as they are announced.
+        let mut switches = tokio::spawn(crate::connection::follow_switches(
+            config.redis.clone(),
+            health.clone(),
+        ));
         // Wait for Redis (the daemon stays up and says so).
         let mut conn = Connection::new(&config.redis, health.clone());
         let mut backoff = Duration::from_millis(200);
@@ -329,6 +335,7 @@ impl Supervisor {
             self.notifier.status(&text);
             if self.wait_or_stop(&mut commands, backoff).await {
                 self.notifier.stopping("Stopped before Redis answered");
+                switches.abort();
                 return Ok(());
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -393,6 +400,11 @@ impl Supervisor {
                                     // Every connection follows: the supervisor's, heartbeat,
                                     // registration and recovery too.
                                     conn = Connection::new(&config.redis, health.clone());
+                                    switches.abort();
+                                    switches = tokio::spawn(crate::connection::follow_switches(
+                                        config.redis.clone(),
+                                        health.clone(),
+                                    ));
                                     upkeep.stop();
                                     upkeep = self.start_upkeep(&config, live.clone(), &health);
                                 }
@@ -479,6 +491,7 @@ impl Supervisor {
         self.shutdown(&config, pool, retired, graceful, &mut commands, &stats)
             .await;
         upkeep.stop();
+        switches.abort();
         Ok(())
     }
 

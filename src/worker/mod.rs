@@ -95,6 +95,10 @@ pub struct Worker {
     /// A reply may have been lost since the last reservation reply (an error, or the start):
     /// the next reservation looks for a job this worker already holds.
     maybe_holding: bool,
+    /// The connection's socket generation when we last reserved.
+    seen_generation: u64,
+    /// The wake-up connection's disruptions when we last reserved.
+    seen_disruptions: u64,
     /// The wait after the last worker-side error ([`JobFailure::worker_side`]); zero after a job
     /// that ran.
     setback: Duration,
@@ -121,6 +125,8 @@ impl Worker {
             registered,
             setback: Duration::ZERO,
             maybe_holding: true,
+            seen_generation: 0,
+            seen_disruptions: 0,
         }
     }
 
@@ -249,9 +255,15 @@ impl Worker {
     }
 
     /// A RESERVE for this worker with a fresh reservation token. It also looks for a job the
-    /// worker already holds when a reply may have been lost since the last look.
-    fn reserve_cmd(&self) -> redis::Cmd {
+    /// worker already holds when a reply may have been lost since the last look: after an
+    /// error of ours, or a disruption the wake-up connection saw.
+    fn reserve_cmd(&mut self) -> redis::Cmd {
         let token = format!("{:016x}", rand::random::<u64>());
+        let disruptions = self.shared.wake.disruptions();
+        if disruptions != self.seen_disruptions {
+            self.seen_disruptions = disruptions;
+            self.maybe_holding = true;
+        }
         commands::reserve(
             &self.shared.keys,
             &self.id_text,
@@ -262,15 +274,34 @@ impl Worker {
     }
 
     async fn reserve(&mut self) -> Result<Reservation, redis::RedisError> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(self.reserve_cmd());
-        self.add_wait(&mut pipe);
-        let mut conn = self.conn.clone();
-        let replies: Vec<redis::Value> = self.ticking(pipe.query_async(&mut conn)).await?;
-        let mut replies = replies.into_iter();
-        let reply = replies.next().unwrap_or(redis::Value::Nil);
-        self.check_wait(replies.next());
-        Ok(self.read_reservation(reply))
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.add_command(self.reserve_cmd());
+            let looked = self.maybe_holding;
+            self.add_wait(&mut pipe);
+            let mut conn = self.conn.clone();
+            let replies: Vec<redis::Value> = self.ticking(pipe.query_async(&mut conn)).await?;
+            let mut replies = replies.into_iter();
+            let reply = replies.next().unwrap_or(redis::Value::Nil);
+            self.check_wait(replies.next());
+            let reservation = self.read_reservation(reply);
+            // Found nothing without looking, on a socket that is new since we last looked (a
+            // master switch, a reconnect another worker caused): an outcome of ours may have
+            // been lost with the old one, so look for a held job once more.
+            if self.reconnected() && !looked && matches!(reservation, Reservation::Empty) {
+                self.maybe_holding = true;
+                continue;
+            }
+            return Ok(reservation);
+        }
+    }
+
+    /// Whether the connection got a new socket since the last call.
+    fn reconnected(&mut self) -> bool {
+        let now = self.conn.generation();
+        let changed = now != self.seen_generation;
+        self.seen_generation = now;
+        changed
     }
 
     /// With `wait_replicas`, a `WAIT` after the writes of the same round trip: the reply comes
@@ -461,7 +492,14 @@ impl Worker {
                     redis::Value::Int(2) => self.status_written_late(job, payload, outcome),
                     _ => self.outcome_not_in_flight(false),
                 }
-                Some(Some(self.read_reservation(reply)))
+                let looked = self.maybe_holding;
+                let reservation = self.read_reservation(reply);
+                if self.reconnected() && !looked && matches!(reservation, Reservation::Empty) {
+                    // As in `reserve`: look for a held job before going idle.
+                    self.maybe_holding = true;
+                    return Some(None);
+                }
+                Some(Some(reservation))
             }
             Err(e) => {
                 self.maybe_holding = true;

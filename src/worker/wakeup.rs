@@ -34,6 +34,10 @@ pub struct Wakeup {
     cap: AtomicUsize,
     /// True while Redis pushes invalidations to us; otherwise idle workers poll.
     tracking: AtomicBool,
+    /// Bumped each time the wake-up connection comes back after a loss (an outage, a restart,
+    /// a failover): every worker then looks once for a job it may hold without knowing (an
+    /// outcome lost with the old server, a reply lost in the outage).
+    disruptions: std::sync::atomic::AtomicU64,
 }
 
 impl Wakeup {
@@ -42,6 +46,7 @@ impl Wakeup {
             permits: Semaphore::new(0),
             cap: AtomicUsize::new(workers.max(1)),
             tracking: AtomicBool::new(false),
+            disruptions: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -61,6 +66,11 @@ impl Wakeup {
         for _ in 0..self.cap.load(Ordering::Relaxed) {
             self.ring();
         }
+    }
+
+    /// How many times the wake-up connection came back after a loss.
+    pub fn disruptions(&self) -> u64 {
+        self.disruptions.load(Ordering::Relaxed)
     }
 
     /// Waits for a wake-up.
@@ -101,6 +111,8 @@ pub struct Tracked {
     pub queue_prefixes: Vec<String>,
     pub status_prefix: String,
     pub late: Arc<LateStatuses>,
+    /// The daemon's view of Redis: a master switch (Sentinel) ends the session at once.
+    pub health: Arc<crate::connection::Health>,
 }
 
 pub async fn run(
@@ -150,6 +162,7 @@ pub async fn run(
             }
         }
         wake.tracking.store(false, Ordering::Relaxed);
+        wake.disruptions.fetch_add(1, Ordering::Relaxed);
         // Something may have been pushed while we were not listening.
         wake.ring_all();
         tokio::select! {
@@ -236,6 +249,9 @@ async fn track(
     let closed = || redis::RedisError::from((redis::ErrorKind::Io, "tracking connection closed"));
     loop {
         tokio::select! {
+            _ = tracked.health.next_switch() => {
+                return Err(redis::RedisError::from((redis::ErrorKind::Io, "the master switched")));
+            }
             push = rx.recv() => match push {
                 Some(push) => match push.kind {
                     redis::PushKind::Invalidate => invalidated(&push.data, tracked, wake),
