@@ -93,8 +93,8 @@ struct Snapshot {
 impl Snapshot {
     fn text(&self) -> String {
         format!(
-            "{} workers, {} busy{}; processed {}, failed {}; Redis {}",
-            self.workers,
+            "{}, {} busy{}; processed {}, failed {}; Redis {}",
+            crate::cli::count_of(self.workers as u64, "worker"),
             self.busy,
             if self.paused { ", paused" } else { "" },
             self.processed,
@@ -297,11 +297,14 @@ impl Supervisor {
 
         let mut last_status = self.snapshot(&pool, &stats, control);
         self.notifier.ready(&last_status.text());
+        let queues = config.worker.queues.join(",");
         info!(
             workers = pool.slots.len(),
-            queues = %config.worker.queues.join(","),
+            queues = %queues,
             redis = %config.redis.display,
-            "resque ready"
+            "resque ready: {} on queues {queues}, Redis {}",
+            crate::cli::count_of(pool.slots.len() as u64, "worker"),
+            config.redis.display
         );
 
         let watchdog_every = self
@@ -583,7 +586,11 @@ impl Supervisor {
             Duration::ZERO
         };
         let busy = stats.busy.load(Ordering::Relaxed);
-        let text = format!("Stopping: waiting up to {timeout:?} for {busy} running jobs");
+        let text = format!(
+            "Stopping: waiting up to {} for {}",
+            humantime::format_duration(timeout),
+            crate::cli::count_of(busy as u64, "running job")
+        );
         info!("{text}");
         self.notifier.stopping(&text);
         pool.wake_stop.notify_one();

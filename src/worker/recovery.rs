@@ -145,7 +145,7 @@ async fn recover_locked(
         commands::unregister(keys, &worker)
             .query_async::<()>(conn)
             .await?;
-        info!(worker = %worker, "removed dead worker");
+        info!(worker = %worker, "removed dead worker {worker}");
     }
     // Then the records other implementations left behind (php-resque workers killed or crashed
     // on this host, Ruby workers whose heartbeat stopped), as php-resque's and Ruby's own
@@ -242,7 +242,7 @@ async fn settle_lost_job(
             .arg(queue)
             .invoke_async(conn)
             .await?;
-        warn!(worker, queue, class = %class, losses, "job of a dead worker put back at the head of its queue");
+        warn!(worker, queue, class = %class, losses, "job of dead worker {worker} ({class}) put back at the head of queue {queue}");
         return Ok(true);
     }
     let error = if poison {
@@ -275,7 +275,7 @@ async fn settle_lost_job(
     )
     .invoke_async::<()>(conn)
     .await?;
-    warn!(worker, queue, class = %class, "{error}");
+    warn!(worker, queue, class = %class, "{error} ({class}, queue {queue}, worker {worker})");
     Ok(false)
 }
 

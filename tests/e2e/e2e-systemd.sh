@@ -375,12 +375,12 @@ c_journal() {
 	require_active "$U"
 	local id
 	id=$(cat "$WORK/exec_job.id" 2>/dev/null) || fail "no job from check exec_job"
-	journal -u "$U" JOB_ID="$id" -o verbose >"$WORK/journal-job.txt"
-	journal -u "$U" JOB_ID="$id" -o short-monotonic
-	[ -s "$WORK/journal-job.txt" ] || fail "journalctl -u $U JOB_ID=$id finds nothing"
+	journal -u "$U" RESQUE_JOB_ID="$id" -o verbose >"$WORK/journal-job.txt"
+	journal -u "$U" RESQUE_JOB_ID="$id" -o short-monotonic
+	[ -s "$WORK/journal-job.txt" ] || fail "journalctl -u $U RESQUE_JOB_ID=$id finds nothing"
 	grep -q "_SYSTEMD_UNIT=$U" "$WORK/journal-job.txt" || fail "lines not attributed to $U"
 	grep -q "MESSAGE=.*e2e job $id done" "$WORK/journal-job.txt" ||
-		echo "(note: the job's stdout line is not tagged with JOB_ID)"
+		echo "(note: the job's stdout line is not tagged with RESQUE_JOB_ID)"
 }
 
 c_reload() {
