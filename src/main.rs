@@ -672,6 +672,16 @@ async fn start(
             ),
         )
     })?;
+    // How long PHP processes told to exit at shutdown may take (then they are killed).
+    let php_grace = config
+        .handlers
+        .iter()
+        .filter_map(|h| match &h.kind {
+            config::HandlerKind::Php(php) => Some(php.grace),
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default();
     let reload_global = global.clone();
     let reload_args = args.clone();
     let supervisor = resque::Supervisor::new(config)
@@ -687,10 +697,11 @@ async fn start(
             )
         }))
         .on_log_level(Box::new(move |level| log.set_level(level)));
-    supervisor
-        .run(rx)
-        .await
-        .map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))?;
+    let result = supervisor.run(rx).await;
+    // PHP runners finish their shutdown functions before the daemon exits: on stop, restart and
+    // upgrade systemd must find nothing left to kill.
+    resque::handler::php::wait_retired(php_grace + Duration::from_secs(2)).await;
+    result.map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))?;
     Ok(exit::OK)
 }
 
