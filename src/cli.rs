@@ -157,6 +157,21 @@ pub enum Command {
     /// Measure throughput, pickup latency, Redis commands per job, idle cost and memory on a
     /// scratch namespace of the configured Redis.
     Bench(BenchArgs),
+    /// The systemd instances (resque@NAME.service): show their state, or reload every running
+    /// one and report each (what resque.service runs); exit 1 if any instance failed.
+    Instances {
+        #[command(subcommand)]
+        action: Option<InstancesCommand>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum InstancesCommand {
+    /// Every loaded resque@NAME.service and its state (the default); exit 1 if one failed.
+    Status,
+    /// `systemctl reload` every running instance, one after the other; exit 1 if a reload failed
+    /// or an instance is in the failed state.
+    Reload,
 }
 
 /// `resque generate …`: parsed on its own, before [`Cli`], so that the build-time command is in

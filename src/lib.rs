@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod handler;
+pub mod instances;
 pub mod logging;
 pub mod pidfile;
 pub mod protocol;

@@ -3,7 +3,7 @@
 use clap::{CommandFactory, Parser};
 use resque::cli::{
     aligned, count_of, exit, Cli, Command, ConfigCommand, DaemonTarget, FailedCommand, GenerateCli,
-    GenerateCommand, GlobalArgs, StartArgs,
+    GenerateCommand, GlobalArgs, InstancesCommand, StartArgs,
 };
 use resque::client::{Client, ClientError};
 use resque::config::{self, Config, Overrides};
@@ -197,6 +197,9 @@ async fn dispatch(cli: Cli, signals: Option<resque::signals::Installed>) -> Resu
             Ok(exit::OK)
         }
         Command::Bench(args) => bench(&global, &args).await,
+        Command::Instances { action } => {
+            instances(action.unwrap_or(InstancesCommand::Status), global.json)
+        }
         other => client_command(&global, other).await,
     }
 }
@@ -702,6 +705,42 @@ async fn start(
     // upgrade systemd must find nothing left to kill.
     resque::handler::php::wait_retired(php_grace + Duration::from_secs(2)).await;
     result.map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))?;
+    Ok(exit::OK)
+}
+
+/// `resque instances [status|reload]`: one line per instance; exit 1 if any is not ok.
+fn instances(action: InstancesCommand, json: bool) -> Result<i32, Failure> {
+    let list = resque::instances::list().map_err(|e| Failure::new(exit::UNAVAILABLE, e))?;
+    let reports = match action {
+        InstancesCommand::Status => resque::instances::status(&list),
+        InstancesCommand::Reload => resque::instances::reload(&list),
+    };
+    if json {
+        print_json(
+            &reports
+                .iter()
+                .map(|r| json!({"unit": r.unit, "ok": r.ok, "state": r.text}))
+                .collect::<Vec<_>>(),
+        );
+    } else if reports.is_empty() {
+        outln!("no resque@NAME.service instance is loaded");
+    } else {
+        let width = reports.iter().map(|r| r.unit.len()).max().unwrap_or(0);
+        for r in &reports {
+            outln!("{:<width$}  {}", r.unit, r.text);
+        }
+    }
+    let failed = reports.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!(
+                "{} of {} failed",
+                count_of(failed as u64, "instance"),
+                reports.len()
+            ),
+        ));
+    }
     Ok(exit::OK)
 }
 
