@@ -18,6 +18,7 @@ pub mod control;
 pub mod handler;
 pub mod instances;
 pub mod logging;
+pub mod manpage;
 pub mod pidfile;
 pub mod protocol;
 pub mod signals;

@@ -799,8 +799,7 @@ fn generate(what: GenerateCommand) -> Result<i32, Failure> {
     };
     match what {
         GenerateCommand::Man { out } => {
-            std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
-            clap_mangen::generate_to(Cli::command(), &out).map_err(|e| io(&out, e))?;
+            resque::manpage::generate(Cli::command(), &out).map_err(|e| io(&out, e))?;
         }
         GenerateCommand::Completions { out } => {
             use clap_complete::{generate_to, Shell};

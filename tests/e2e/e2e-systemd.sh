@@ -42,8 +42,8 @@ rm -f "$WORK"/*.log
 # ---------------------------------------------------------------- host setup
 step "host tools"
 if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; then
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container debootstrap >/dev/null
+	apt-get -o DPkg::Lock::Timeout=300 update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq systemd-container debootstrap >/dev/null
 fi
 
 # nspawn refuses to clean up /run/systemd/nspawn/propagate/* unless it is on a
