@@ -296,3 +296,41 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub php_runner: Option<PathBuf>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_pluralised() {
+        assert_eq!(count_of(1, "worker"), "1 worker");
+        assert_eq!(count_of(2, "worker"), "2 workers");
+        assert_eq!(count_of(0, "running job"), "0 running jobs");
+        assert_eq!(count_of(1, "running job"), "1 running job");
+    }
+
+    #[test]
+    fn labels_and_values_line_up() {
+        let text = aligned(&[
+            ("processed", "12".into()),
+            ("failed list", "3".into()),
+        ]);
+        assert_eq!(text, "processed    12\nfailed list  3\n");
+    }
+
+    #[test]
+    fn log_levels_are_offered_and_warning_is_accepted() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["resque", "start", "--log-level", "WARNING"]).unwrap();
+        match cli.command {
+            Command::Start(args) => {
+                let level = args.log_level.unwrap();
+                assert!(level.eq_ignore_ascii_case("warning"), "{level}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["resque", "start", "--log-level", "loud"]).is_err());
+        // The build-time command is not part of the CLI.
+        assert!(Cli::try_parse_from(["resque", "generate", "man", "--out", "x"]).is_err());
+    }
+}
