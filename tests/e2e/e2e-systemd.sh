@@ -505,6 +505,7 @@ c_php_stop() {
 	C test -s "$OUT/php-shutdown-$pid" || fail "the PHP runner's shutdown function did not run"
 	C kill -0 "$pid" 2>/dev/null && fail "PHP runner $pid still alive" || true
 	echo "PHP runner $pid ended cleanly"
+	start "$U"
 }
 
 c_reload() {
@@ -667,9 +668,10 @@ c_umbrella() {
 	C chgrp resque /etc/resque.toml
 	[ "$rc" != 0 ] || fail "systemctl restart resque succeeded while its instances failed"
 	C resque instances && fail "resque instances exits 0 with failed instances" || true
+	C systemctl reset-failed "$U" "$U2" resque.service
 	start "$U"
 	start "$U2"
-	C systemctl reset-failed resque.service
+	is_active resque.service || fail "resque.service not active once its instances run again"
 	C timeout 60 systemctl reload resque.service || fail "reload of the fixed config failed"
 	C timeout 90 systemctl restart resque.service || fail "restart of the fixed config failed"
 	is_active "$U" && is_active "$U2" || fail "instances not active again"
@@ -769,6 +771,7 @@ c_purge() {
 	is_active "$U" || fail "not running before purge"
 	# The test's own drop-ins are an admin's files, which purge leaves alone.
 	C rm -rf /etc/systemd/system/resque@.service.d /etc/systemd/system/$U.d
+	C systemctl daemon-reload
 	echo "before purge:"
 	C find /etc -name '*resque*' | sort | sed 's/^/    /'
 	C dpkg --purge resque </dev/null
