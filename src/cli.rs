@@ -311,10 +311,7 @@ mod tests {
 
     #[test]
     fn labels_and_values_line_up() {
-        let text = aligned(&[
-            ("processed", "12".into()),
-            ("failed list", "3".into()),
-        ]);
+        let text = aligned(&[("processed", "12".into()), ("failed list", "3".into())]);
         assert_eq!(text, "processed    12\nfailed list  3\n");
     }
 

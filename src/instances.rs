@@ -29,6 +29,12 @@ impl Instance {
     pub fn is_stopped(&self) -> bool {
         self.active == "inactive"
     }
+
+    /// Failed, or crashed and waiting for its automatic restart. An instance that somebody is
+    /// starting, stopping or reloading right now is not (yet) a failure.
+    pub fn has_failed(&self) -> bool {
+        self.active == "failed" || self.sub == "auto-restart"
+    }
 }
 
 /// Parses `systemctl list-units --plain --no-legend` lines: UNIT LOAD ACTIVE SUB DESCRIPTION.
@@ -88,13 +94,14 @@ pub struct Report {
     pub text: String,
 }
 
-/// The state of every instance; failed ones (and ones that are still or again starting) are not ok.
+/// The state of every instance; failed ones (and ones waiting for an automatic restart) are not
+/// ok.
 pub fn status(instances: &[Instance]) -> Vec<Report> {
     instances
         .iter()
         .map(|i| Report {
             unit: i.unit.clone(),
-            ok: i.is_active() || i.is_stopped(),
+            ok: !i.has_failed(),
             text: format!("{} ({})", i.active, i.sub),
         })
         .collect()
@@ -108,10 +115,12 @@ pub fn reload(instances: &[Instance]) -> Vec<Report> {
         .filter(|i| !i.is_stopped())
         .map(|i| {
             if !i.is_active() {
+                // A failed instance is a failure; one being started or stopped right now reads
+                // the configuration as it starts anyway.
                 return Report {
                     unit: i.unit.clone(),
-                    ok: false,
-                    text: format!("not running: {} ({})", i.active, i.sub),
+                    ok: !i.has_failed(),
+                    text: format!("not reloaded: {} ({})", i.active, i.sub),
                 };
             }
             match systemctl(&["reload", &i.unit]) {
@@ -152,9 +161,10 @@ mod tests {
         let text = "resque@default.service loaded active running Resque job worker (instance default)\n\
                     ● resque@mail.service loaded failed failed Resque job worker (instance mail)\n\
                     resque@old.service loaded inactive dead Resque job worker (instance old)\n\
-                    resque@new.service loaded activating auto-restart Resque job worker (instance new)\n";
+                    resque@new.service loaded activating auto-restart Resque job worker (instance new)\n\
+                    resque@busy.service loaded activating start Resque job worker (instance busy)\n";
         let list = parse_list_units(text);
-        assert_eq!(list.len(), 4);
+        assert_eq!(list.len(), 5);
         assert_eq!(list[1].unit, "resque@mail.service");
         assert_eq!(
             (list[1].active.as_str(), list[1].sub.as_str()),
@@ -162,7 +172,7 @@ mod tests {
         );
         let report = status(&list);
         let ok: Vec<bool> = report.iter().map(|r| r.ok).collect();
-        assert_eq!(ok, vec![true, false, true, false]);
+        assert_eq!(ok, vec![true, false, true, false, true]);
         assert!(parse_list_units("").is_empty());
     }
 }
