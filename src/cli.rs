@@ -73,7 +73,8 @@ pub struct GlobalArgs {
     /// defaults].
     #[arg(long, global = true, value_name = "FILE", env = "RESQUE_CONFIG", value_hint = ValueHint::FilePath)]
     pub config: Option<PathBuf>,
-    /// Instance name: applies `[instance.NAME]` (without a section: works the queue NAME).
+    /// Instance name: applies `[instance.NAME]`; without queues there or in `[worker]`, works the
+    /// queue NAME.
     #[arg(long, global = true, value_name = "NAME", value_hint = ValueHint::Other)]
     pub instance: Option<String>,
     /// Redis URL (redis://[:password@]host:port/db, rediss://…, unix:///path?db=N); overrides

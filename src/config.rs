@@ -1,7 +1,9 @@
 //! Configuration: `/etc/resque.toml` + `[instance.NAME]` + php-resque's environment variables +
 //! command-line flags, merged into one validated [`Config`].
 //!
-//! Precedence (highest first): flags, environment, `[instance.NAME]`, `[worker]`, defaults.
+//! Precedence (highest first): flags, environment, `[instance.NAME]`, `[worker]`, defaults; for
+//! the queues of an instance the last default is the queue named after it. [`load_explained`]
+//! also says where each effective value came from (`resque config check`).
 //! Every error names where the bad value came from (file and line, variable or flag) and the key;
 //! the daemon exits with 78 (EX_CONFIG) on one. The Redis password never appears in errors.
 
