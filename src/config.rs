@@ -1,7 +1,9 @@
 //! Configuration: `/etc/resque.toml` + `[instance.NAME]` + php-resque's environment variables +
 //! command-line flags, merged into one validated [`Config`].
 //!
-//! Precedence (highest first): flags, environment, `[instance.NAME]`, `[worker]`, defaults.
+//! Precedence (highest first): flags, environment, `[instance.NAME]`, `[worker]`, defaults; for
+//! the queues of an instance the last default is the queue named after it. [`load_explained`]
+//! also says where each effective value came from (`resque config check`).
 //! Every error names where the bad value came from (file and line, variable or flag) and the key;
 //! the daemon exits with 78 (EX_CONFIG) on one. The Redis password never appears in errors.
 
@@ -24,6 +26,8 @@ pub struct ConfigError {
     /// `worker.count`, `redis.url`, …
     pub key: String,
     pub message: String,
+    /// The I/O error when the file could not be read (`PermissionDenied` → exit 77).
+    pub io: Option<std::io::ErrorKind>,
 }
 
 impl ConfigError {
@@ -32,6 +36,115 @@ impl ConfigError {
             origin: origin.into(),
             key: key.into(),
             message: message.into(),
+            io: None,
+        }
+    }
+}
+
+/// Where each effective setting came from: `[worker]`, `[instance.NAME]`, `environment variable
+/// COUNT`, `flag --count`, …; a key that is not listed has its built-in default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins(BTreeMap<&'static str, String>);
+
+impl Origins {
+    /// The origin of a dotted key (`worker.count`, `redis.url`, `handlers`).
+    pub fn of(&self, key: &str) -> &str {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or("built-in default")
+    }
+
+    fn set(&mut self, key: &'static str, origin: impl Into<String>) {
+        self.0.insert(key, origin.into());
+    }
+
+    fn mark_section(&mut self, section: &WorkerSection, origin: &str) {
+        let set = [
+            ("worker.queues", section.queues.is_some()),
+            ("worker.count", section.count.is_some()),
+            ("worker.interval", section.interval.is_some()),
+            (
+                "worker.shutdown_timeout",
+                section.shutdown_timeout.is_some(),
+            ),
+            ("worker.pid_file", section.pid_file.is_some()),
+            ("worker.log_level", section.log_level.is_some()),
+            ("worker.on_lost", section.on_lost.is_some()),
+            ("worker.max_lost", section.max_lost.is_some()),
+            ("worker.dead_after", section.dead_after.is_some()),
+        ];
+        for (key, is_set) in set {
+            if is_set {
+                self.set(key, origin);
+            }
+        }
+    }
+
+    fn mark_redis(&mut self, section: &RedisSection, origin: &str) {
+        let address = section.url.is_some()
+            || section.host.is_some()
+            || section.port.is_some()
+            || section.socket.is_some();
+        let set = [
+            ("redis.address", address),
+            ("redis.database", section.database.is_some()),
+            ("redis.namespace", section.namespace.is_some()),
+        ];
+        for (key, is_set) in set {
+            if is_set {
+                self.set(key, origin);
+            }
+        }
+    }
+
+    fn mark_overrides(&mut self, o: &Overrides, source: Source) {
+        let set = [
+            ("worker.queues", o.queues.is_some(), "QUEUE", "queue"),
+            ("worker.count", o.count.is_some(), "COUNT", "count"),
+            (
+                "worker.interval",
+                o.interval.is_some(),
+                "INTERVAL",
+                "interval",
+            ),
+            (
+                "worker.shutdown_timeout",
+                o.shutdown_timeout.is_some(),
+                "SHUTDOWN_TIMEOUT",
+                "shutdown-timeout",
+            ),
+            ("worker.pid_file", o.pid_file.is_some(), "PIDFILE", "pid"),
+            ("worker.log_level", o.debug, "VVERBOSE", "debug"),
+            (
+                "worker.log_level",
+                !o.debug && o.log_level.is_some(),
+                "VERBOSE",
+                "log-level",
+            ),
+            (
+                "redis.address",
+                o.redis_url.is_some(),
+                "REDIS_BACKEND",
+                "redis",
+            ),
+            (
+                "redis.database",
+                o.database.is_some(),
+                "REDIS_BACKEND_DB",
+                "database",
+            ),
+            (
+                "redis.namespace",
+                o.namespace.is_some(),
+                "PREFIX",
+                "namespace",
+            ),
+        ];
+        for (key, is_set, env, flag) in set {
+            if is_set {
+                self.set(key, origin_of(source, env, flag));
+            }
         }
     }
 }
@@ -1004,6 +1117,17 @@ pub fn load(
     env: &Overrides,
     flags: &Overrides,
 ) -> Result<Config, ConfigError> {
+    load_explained(path, path_explicit, instance, env, flags).map(|(config, _)| config)
+}
+
+/// [`load`], and where each effective value came from (`resque config check`).
+pub fn load_explained(
+    path: &Path,
+    path_explicit: bool,
+    instance: Option<&str>,
+    env: &Overrides,
+    flags: &Overrides,
+) -> Result<(Config, Origins), ConfigError> {
     let (file, source_text, source) = match std::fs::read_to_string(path) {
         Ok(text) => {
             let file: FileConfig =
@@ -1014,11 +1138,13 @@ pub fn load(
             (FileConfig::default(), String::new(), None)
         }
         Err(e) => {
-            return Err(ConfigError::new(
+            let mut error = ConfigError::new(
                 path.display().to_string(),
                 "(file)",
                 format!("cannot read: {e}"),
-            ))
+            );
+            error.io = Some(e.kind());
+            return Err(error);
         }
     };
     resolve(file, path, &source_text, source, instance, env, flags)
@@ -1042,6 +1168,7 @@ pub fn from_str(
         env,
         flags,
     )
+    .map(|(config, _)| config)
 }
 
 fn resolve(
@@ -1052,9 +1179,12 @@ fn resolve(
     instance: Option<&str>,
     env: &Overrides,
     flags: &Overrides,
-) -> Result<Config, ConfigError> {
+) -> Result<(Config, Origins), ConfigError> {
     let file_origin = path.display().to_string();
     let mut worker = file.worker.clone();
+    let mut origins = Origins::default();
+    origins.mark_section(&worker, "[worker]");
+    origins.mark_redis(&file.redis, "[redis]");
     if let Some(name) = instance {
         // The name is also a directory name (the runtime directory /run/resque/NAME).
         if name.is_empty()
@@ -1069,14 +1199,22 @@ fn resolve(
                 format!("{name:?} is not a valid instance name"),
             ));
         }
-        match file.instance.get(name) {
-            Some(section) => worker = worker.overlay(section),
-            // An instance with no section works the queue of its name.
-            None => worker.queues = Some(QueueList(vec![name.to_string()])),
+        if let Some(section) = file.instance.get(name) {
+            worker = worker.overlay(section);
+            origins.mark_section(section, &format!("[instance.{name}]"));
+        }
+        // One rule for the queues: [instance.NAME], then [worker], then the queue named NAME.
+        if worker.queues.is_none() {
+            worker.queues = Some(QueueList(vec![name.to_string()]));
+            origins.set(
+                "worker.queues",
+                format!("the instance name (no queues in [instance.{name}] or [worker])"),
+            );
         }
     }
     let mut redis_section = file.redis.clone();
     let mut app_include = None;
+    origins.mark_overrides(env, Source::Env);
     apply_overrides(
         env,
         Source::Env,
@@ -1084,6 +1222,7 @@ fn resolve(
         &mut redis_section,
         &mut app_include,
     )?;
+    origins.mark_overrides(flags, Source::Flag);
     apply_overrides(
         flags,
         Source::Flag,
@@ -1143,13 +1282,24 @@ fn resolve(
             }),
         });
     }
-    Ok(Config {
-        source,
-        instance: instance.map(str::to_string),
-        redis,
-        worker,
-        handlers,
-    })
+    if !file.handler.is_empty() {
+        origins.set("handlers", "[[handler]]");
+    } else if app_include.is_some() {
+        origins.set(
+            "handlers",
+            "default (every class is PHP; bootstrap from APP_INCLUDE/--app)",
+        );
+    }
+    Ok((
+        Config {
+            source,
+            instance: instance.map(str::to_string),
+            redis,
+            worker,
+            handlers,
+        },
+        origins,
+    ))
 }
 
 fn build_handler(
@@ -1331,9 +1481,9 @@ mod tests {
         };
         let c = from_str(text, path, Some("mail"), &env, &flags).unwrap();
         assert_eq!(c.worker.count, 5);
-        // An instance without a section works the queue of its name.
+        // An instance without a section takes [worker] too (queues included).
         let c = from_str(text, path, Some("default"), &none, &none).unwrap();
-        assert_eq!(c.worker.queues, vec!["default"]);
+        assert_eq!((c.worker.count, c.worker.queues), (2, vec!["w".into()]));
         let e = from_str(
             text,
             path,
@@ -1348,6 +1498,64 @@ mod tests {
             let e = from_str(text, path, Some(bad), &none, &none).unwrap_err();
             assert_eq!(e.key, "instance", "{bad}");
         }
+    }
+
+    /// Issue 12: `[worker] queues` was ignored by an instance without a section.
+    #[test]
+    fn one_queues_rule_instance_then_worker_then_instance_name() {
+        let path = Path::new("/etc/resque.toml");
+        let none = Overrides::default();
+        let explain = |text: &str, instance: &str| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            resolve(file, path, text, None, Some(instance), &none, &none).unwrap()
+        };
+        // [worker] queues, no section: [worker] wins over the instance's name.
+        let (c, o) = explain("[worker]\nqueues = [\"high\", \"low\"]\n", "default");
+        assert_eq!(c.worker.queues, vec!["high", "low"]);
+        assert_eq!(o.of("worker.queues"), "[worker]");
+        let (c, _) = explain("[worker]\nqueues = [\"*\"]\n", "default");
+        assert_eq!(c.worker.queues, vec!["*"]);
+        // A section without queues changes nothing about the queues.
+        let (c, o) = explain(
+            "[worker]\nqueues = [\"high\", \"low\"]\n[instance.default]\ncount = 4\n",
+            "default",
+        );
+        assert_eq!(c.worker.queues, vec!["high", "low"]);
+        assert_eq!(
+            (c.worker.count, o.of("worker.count")),
+            (4, "[instance.default]")
+        );
+        // The section's queues win over [worker].
+        let (c, o) = explain(
+            "[worker]\nqueues = [\"w\"]\n[instance.default]\nqueues = [\"i\"]\n",
+            "default",
+        );
+        assert_eq!(c.worker.queues, vec!["i"]);
+        assert_eq!(o.of("worker.queues"), "[instance.default]");
+        // Neither: the queue named after the instance, with or without a section.
+        for text in ["", "[instance.mail]\ncount = 2\n"] {
+            let (c, o) = explain(text, "mail");
+            assert_eq!(c.worker.queues, vec!["mail"], "{text:?}");
+            assert!(o.of("worker.queues").contains("instance name"), "{o:?}");
+        }
+    }
+
+    #[test]
+    fn origins_name_environment_and_flags() {
+        let path = Path::new("/etc/resque.toml");
+        let text = "[worker]\ncount = 2\n[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n";
+        let env = Overrides::from_vars(|k| (k == "COUNT").then(|| "3".to_string()));
+        let flags = Overrides {
+            queues: Some("a,b".into()),
+            ..Overrides::default()
+        };
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let (c, o) = resolve(file, path, text, None, None, &env, &flags).unwrap();
+        assert_eq!(c.worker.count, 3);
+        assert_eq!(o.of("worker.count"), "environment variable COUNT");
+        assert_eq!(o.of("worker.queues"), "flag --queue");
+        assert_eq!(o.of("redis.address"), "[redis]");
+        assert_eq!(o.of("worker.interval"), "built-in default");
     }
 
     #[test]

@@ -1,7 +1,15 @@
 //! Logging: journald with native fields when stderr is the journal, readable lines otherwise.
 //!
-//! Job spans carry JOB_ID, JOB_CLASS, QUEUE and WORKER; tracing-journald writes span fields as
-//! journal fields, and we turn its `F_` prefix off, so `journalctl JOB_ID=…` finds a job's lines.
+//! Job spans carry RESQUE_JOB_ID, RESQUE_JOB_CLASS, RESQUE_QUEUE and RESQUE_WORKER (the names
+//! exec jobs see in their environment; systemd's own records use JOB_ID for its job numbers, so
+//! ours must not). tracing-journald writes span fields as journal fields, and we turn its `F_`
+//! prefix off, so `journalctl RESQUE_JOB_ID=…` finds a job's lines. Messages carry what an operator
+//! needs to read them with `journalctl -o cat` (class, error, signal, Redis address, queues); the
+//! fields are for filtering.
+//!
+//! On stderr every value is one line: control characters (a newline in a job's class, an escape
+//! sequence in its error) are written escaped (`\n`, `\u{1b}`), so job data cannot forge a log
+//! line or drive the terminal.
 
 use crate::config::LogLevel;
 use tracing_subscriber::layer::SubscriberExt;
@@ -68,6 +76,7 @@ pub fn init(level: LogLevel) -> LogControl {
         None => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(escaped_fields())
                     .with_writer(std::io::stderr)
                     .with_target(false)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -76,4 +85,53 @@ pub fn init(level: LogLevel) -> LogControl {
             .init(),
     }
     LogControl { handle }
+}
+
+/// Field formatting for stderr: `message` as it is, others as `name=value`, with control
+/// characters escaped in both.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static
+{
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_control(&raw);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
+}
+
+/// `text` with every control character escaped as Rust writes it (`\n`, `\t`, `\u{1b}`).
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_control;
+
+    #[test]
+    fn control_characters_cannot_forge_a_line() {
+        assert_eq!(escape_control("App\\Job"), "App\\Job");
+        assert_eq!(
+            escape_control("X\n2026-01-01T00:00:00Z  INFO job complete"),
+            "X\\n2026-01-01T00:00:00Z  INFO job complete"
+        );
+        assert_eq!(escape_control("a\r\u{1b}[31mb\0"), "a\\r\\u{1b}[31mb\\u{0}");
+        assert_eq!(escape_control("Zürich"), "Zürich");
+    }
 }

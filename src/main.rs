@@ -2,8 +2,8 @@
 
 use clap::{CommandFactory, Parser};
 use resque::cli::{
-    exit, Cli, Command, ConfigCommand, DaemonTarget, FailedCommand, GenerateCommand, GlobalArgs,
-    StartArgs,
+    aligned, count_of, exit, Cli, Command, ConfigCommand, DaemonTarget, FailedCommand, GenerateCli,
+    GenerateCommand, GlobalArgs, InstancesCommand, StartArgs,
 };
 use resque::client::{Client, ClientError};
 use resque::config::{self, Config, Overrides};
@@ -39,12 +39,57 @@ impl From<ClientError> for Failure {
 
 impl From<config::ConfigError> for Failure {
     fn from(e: config::ConfigError) -> Self {
-        Failure::new(exit::CONFIG, e.to_string())
+        let code = match e.io {
+            Some(std::io::ErrorKind::PermissionDenied) => exit::NOPERM,
+            _ => exit::CONFIG,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+/// `println!` that ends the program quietly when stdout is a closed pipe (`resque … | head`),
+/// as `cat` does, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*)) };
+}
+
+fn emit(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(exit::OK);
+        }
+        eprintln!("resque: cannot write the output: {e}");
+        std::process::exit(exit::FAILURE);
     }
 }
 
 fn main() -> ExitCode {
+    // The build-time `generate` command is not part of the documented CLI.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        let args = std::env::args_os().skip(1);
+        return ExitCode::from(match generate(GenerateCli::parse_from(args).what) {
+            Ok(code) => code as u8,
+            Err(f) => {
+                eprintln!("resque: {}", f.message);
+                f.code as u8
+            }
+        });
+    }
     let cli = Cli::parse();
+    // The daemon's signal handlers go in before anything else, so that a HUP in its first
+    // milliseconds is a reload, not the default action (death, exit status 129).
+    let signals = match &cli.command {
+        Command::Start(_) => match resque::signals::install() {
+            Ok(installed) => Some(installed),
+            Err(e) => {
+                eprintln!("resque: cannot install signal handlers: {e}");
+                return ExitCode::from(exit::FAILURE as u8);
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,7 +100,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE as u8);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(cli, signals)) {
         Ok(code) => ExitCode::from(code as u8),
         Err(f) => {
             eprintln!("resque: {}", f.message);
@@ -90,6 +135,17 @@ fn flag_overrides(global: &GlobalArgs, start: Option<&StartArgs>) -> Overrides {
     o
 }
 
+fn load_config_explained(global: &GlobalArgs) -> Result<(Config, config::Origins), Failure> {
+    let (path, explicit) = config_path(global);
+    Ok(config::load_explained(
+        &path,
+        explicit,
+        global.instance.as_deref(),
+        &Overrides::from_env(),
+        &flag_overrides(global, None),
+    )?)
+}
+
 fn load_config(global: &GlobalArgs, start: Option<&StartArgs>) -> Result<Config, Failure> {
     let (path, explicit) = config_path(global);
     Ok(config::load(
@@ -103,15 +159,26 @@ fn load_config(global: &GlobalArgs, start: Option<&StartArgs>) -> Result<Config,
 
 fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => outln!("{text}"),
         Err(e) => eprintln!("resque: cannot print JSON: {e}"),
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<i32, Failure> {
+async fn dispatch(cli: Cli, signals: Option<resque::signals::Installed>) -> Result<i32, Failure> {
     let global = cli.global;
     match cli.command {
-        Command::Start(args) => start(&global, &args).await,
+        Command::Start(args) => {
+            let signals = match signals {
+                Some(s) => s,
+                None => resque::signals::install().map_err(|e| {
+                    Failure::new(
+                        exit::FAILURE,
+                        format!("cannot install signal handlers: {e}"),
+                    )
+                })?,
+            };
+            start(&global, &args, signals).await
+        }
         Command::Stop { now, wait, target } => {
             daemon_request(
                 &global,
@@ -125,37 +192,122 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Pause { target } => daemon_request(&global, &target, "pause", false).await,
         Command::Resume { target } => daemon_request(&global, &target, "resume", false).await,
         Command::Config(ConfigCommand::Check) => {
-            let config = load_config(&global, None)?;
-            if global.json {
-                print_json(&json!({
-                    "valid": true,
-                    "source": config.source,
-                    "redis": config.redis.display,
-                    "namespace": config.redis.namespace,
-                    "queues": config.worker.queues,
-                    "count": config.worker.count,
-                    "handlers": config.handlers.iter().map(|h| h.class.clone()).collect::<Vec<_>>(),
-                }));
-            } else {
-                let source = config
-                    .source
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "defaults (no file)".into());
-                println!(
-                    "{source}: OK — Redis {}, namespace {:?}, queues {}, {} worker(s), {} handler(s)",
-                    config.redis.display,
-                    config.redis.namespace,
-                    config.worker.queues.join(","),
-                    config.worker.count,
-                    config.handlers.len()
-                );
-            }
+            let (config, origins) = load_config_explained(&global)?;
+            config_check_report(&config, &origins, global.json);
             Ok(exit::OK)
         }
-        Command::Generate(what) => generate(what),
         Command::Bench(args) => bench(&global, &args).await,
+        Command::Instances { action } => {
+            instances(action.unwrap_or(InstancesCommand::Status), global.json)
+        }
         other => client_command(&global, other).await,
+    }
+}
+
+/// `resque config check`: every effective setting, and the section (or variable, or flag) it
+/// came from.
+fn config_check_report(config: &Config, origins: &config::Origins, json: bool) {
+    let w = &config.worker;
+    let human = |d: Duration| humantime::format_duration(d).to_string();
+    let handlers = config
+        .handlers
+        .iter()
+        .map(|h| {
+            let kind = match &h.kind {
+                config::HandlerKind::Exec(_) => "exec",
+                config::HandlerKind::Php(_) => "php",
+            };
+            format!("{} ({kind})", h.class)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pid_file = w
+        .pid_file
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "$RUNTIME_DIRECTORY/resque.pid".into());
+    let rows: Vec<(&str, &str, String)> = vec![
+        ("redis", "redis.address", config.redis.display.clone()),
+        (
+            "namespace",
+            "redis.namespace",
+            format!("{:?}", config.redis.namespace),
+        ),
+        ("queues", "worker.queues", w.queues.join(",")),
+        ("count", "worker.count", w.count.to_string()),
+        ("interval", "worker.interval", human(w.interval)),
+        (
+            "shutdown_timeout",
+            "worker.shutdown_timeout",
+            human(w.shutdown_timeout),
+        ),
+        ("pid_file", "worker.pid_file", pid_file),
+        (
+            "log_level",
+            "worker.log_level",
+            w.log_level.as_str().to_string(),
+        ),
+        (
+            "on_lost",
+            "worker.on_lost",
+            format!("{:?}", w.on_lost).to_lowercase(),
+        ),
+        ("max_lost", "worker.max_lost", w.max_lost.to_string()),
+        ("dead_after", "worker.dead_after", human(w.dead_after)),
+        ("handlers", "handlers", handlers),
+    ];
+    if json {
+        let settings: serde_json::Map<String, Value> = rows
+            .iter()
+            .map(|(name, key, value)| {
+                (
+                    name.to_string(),
+                    json!({"value": value, "from": origins.of(key)}),
+                )
+            })
+            .collect();
+        print_json(&json!({
+            "valid": true,
+            "source": config.source,
+            "instance": config.instance,
+            "redis": config.redis.display,
+            "namespace": config.redis.namespace,
+            "queues": w.queues,
+            "count": w.count,
+            "handlers": config.handlers.iter().map(|h| h.class.clone()).collect::<Vec<_>>(),
+            "settings": settings,
+        }));
+        return;
+    }
+    let source = config
+        .source
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "defaults (no file)".into());
+    let instance = config
+        .instance
+        .as_deref()
+        .map(|i| format!(" for instance {i}"))
+        .unwrap_or_default();
+    outln!(
+        "{source}: OK{instance}: {}, {}",
+        count_of(u64::from(w.count), "worker"),
+        count_of(config.handlers.len() as u64, "handler")
+    );
+    let width = rows
+        .iter()
+        .map(|(_, _, v)| v.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    let table = aligned(
+        &rows
+            .iter()
+            .map(|(name, key, value)| (*name, format!("{value:<width$}  from {}", origins.of(key))))
+            .collect::<Vec<_>>(),
+    );
+    for line in table.lines() {
+        outln!("  {line}");
     }
 }
 
@@ -180,7 +332,7 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
             if json {
                 print_json(&json!({"id": id, "queue": queue, "class": class, "tracked": track}));
             } else {
-                println!("{id}");
+                outln!("{id}");
             }
             Ok(exit::OK)
         }
@@ -192,9 +344,9 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
                     if json {
                         print_json(&report);
                     } else if report.code.is_some() {
-                        println!("Status of {} is: {}", report.id, report.status);
+                        outln!("Status of {} is: {}", report.id, report.status);
                     } else {
-                        println!(
+                        outln!(
                             "Job {} is not tracked (no status, or it expired).",
                             report.id
                         );
@@ -221,10 +373,10 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
             if json {
                 print_json(&queues);
             } else if queues.is_empty() {
-                println!("no queues");
+                outln!("no queues");
             } else {
                 for q in queues {
-                    println!("{:<30} {}", q.name, q.length);
+                    outln!("{:<30} {}", q.name, q.length);
                 }
             }
             Ok(exit::OK)
@@ -234,7 +386,7 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
             if json {
                 print_json(&workers);
             } else if workers.is_empty() {
-                println!("no workers");
+                outln!("no workers");
             } else {
                 for w in workers {
                     let doing = match &w.working_on {
@@ -249,7 +401,7 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
                         ),
                         None => "idle".into(),
                     };
-                    println!("{}  {doing}", w.id);
+                    outln!("{}  {doing}", w.id);
                 }
             }
             Ok(exit::OK)
@@ -259,13 +411,16 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
             if json {
                 print_json(&s);
             } else {
-                println!("processed  {}", s.processed);
-                println!("failed     {}", s.failed);
-                println!("pending    {}", s.pending);
-                println!("queues     {}", s.queues);
-                println!("workers    {}", s.workers);
-                println!("working    {}", s.working);
-                println!("failed list {}", s.failed_list);
+                let text = aligned(&[
+                    ("processed", s.processed.to_string()),
+                    ("failed", s.failed.to_string()),
+                    ("pending", s.pending.to_string()),
+                    ("queues", s.queues.to_string()),
+                    ("workers", s.workers.to_string()),
+                    ("working", s.working.to_string()),
+                    ("failed list", s.failed_list.to_string()),
+                ]);
+                outln!("{}", text.trim_end());
             }
             Ok(exit::OK)
         }
@@ -285,11 +440,11 @@ async fn failed_command(
             if json {
                 print_json(&entries);
             } else if entries.is_empty() {
-                println!("no failed jobs");
+                outln!("no failed jobs");
             } else {
                 for e in entries {
                     match &e.record {
-                        Some(r) => println!(
+                        Some(r) => outln!(
                             "{:>4}  {}  {}  {}: {}",
                             e.index,
                             r.failed_at,
@@ -297,7 +452,7 @@ async fn failed_command(
                             r.exception,
                             r.error.lines().next().unwrap_or_default()
                         ),
-                        None => println!("{:>4}  (unreadable record)", e.index),
+                        None => outln!("{:>4}  (unreadable record)", e.index),
                     }
                 }
             }
@@ -308,25 +463,28 @@ async fn failed_command(
             if json {
                 print_json(&e);
             } else if let Some(r) = &e.record {
-                println!("failed_at  {}", r.failed_at);
-                println!("queue      {}", r.queue);
-                println!("worker     {}", r.worker);
-                println!("class      {}", r.class().unwrap_or("?"));
-                println!("job id     {}", r.job_id().unwrap_or("-"));
-                println!("exception  {}", r.exception);
-                println!("error      {}", r.error);
-                println!("payload    {}", r.payload);
+                let text = aligned(&[
+                    ("failed_at", r.failed_at.to_string()),
+                    ("queue", r.queue.to_string()),
+                    ("worker", r.worker.to_string()),
+                    ("class", r.class().unwrap_or("?").to_string()),
+                    ("job id", r.job_id().unwrap_or("-").to_string()),
+                    ("exception", r.exception.to_string()),
+                    ("error", r.error.to_string()),
+                    ("payload", r.payload.to_string()),
+                ]);
+                outln!("{}", text.trim_end());
                 for line in &r.backtrace {
-                    println!("  {line}");
+                    outln!("  {line}");
                 }
             } else {
-                println!("unreadable record: {}", e.unreadable.unwrap_or_default());
+                outln!("unreadable record: {}", e.unreadable.unwrap_or_default());
             }
             Ok(exit::OK)
         }
         FailedCommand::Retry { index, all } => {
             if all {
-                let mut retried = 0;
+                let mut retried: u64 = 0;
                 // Retrying removes the record, so always take the first one that can be retried.
                 let mut index = 0;
                 while index < client.failed_count().await? as isize {
@@ -342,7 +500,7 @@ async fn failed_command(
                 if json {
                     print_json(&json!({"retried": retried}));
                 } else {
-                    println!("retried {retried} job(s)");
+                    outln!("retried {}", count_of(retried, "job"));
                 }
                 return Ok(exit::OK);
             }
@@ -351,7 +509,7 @@ async fn failed_command(
             if json {
                 print_json(&json!({"queue": queue, "id": id}));
             } else {
-                println!(
+                outln!(
                     "job {} back in queue {queue}",
                     id.unwrap_or_else(|| "(no id)".into())
                 );
@@ -361,7 +519,7 @@ async fn failed_command(
         FailedCommand::Remove { index } => {
             client.failed_remove(index).await?;
             if !json {
-                println!("removed failed job {index}");
+                outln!("removed failed job {index}");
             }
             Ok(exit::OK)
         }
@@ -370,7 +528,7 @@ async fn failed_command(
             if json {
                 print_json(&json!({"removed": n}));
             } else {
-                println!("removed {n} failed job(s)");
+                outln!("removed {}", count_of(n as u64, "failed job"));
             }
             Ok(exit::OK)
         }
@@ -491,7 +649,7 @@ async fn daemon_request(
             "pause" => "paused",
             _ => "resumed",
         };
-        println!("resque daemon (pid {pid}) {done}");
+        outln!("resque daemon (pid {pid}) {done}");
     } else {
         print_json(&json!({"pid": pid, "request": what, "ok": true}));
     }
@@ -515,7 +673,11 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
+async fn start(
+    global: &GlobalArgs,
+    args: &StartArgs,
+    signals: resque::signals::Installed,
+) -> Result<i32, Failure> {
     let config = load_config(global, Some(args))?;
     let log = resque::logging::init(config.worker.log_level);
     resque::limits::raise_nofile();
@@ -532,15 +694,25 @@ async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
     let _pid_file = resque::pidfile::PidFile::create(&pid_path)
         .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let _signals = resque::signals::spawn(tx.clone()).map_err(|e| {
+    let _signals = resque::signals::forward(signals, tx.clone()).map_err(|e| {
         Failure::new(
             exit::FAILURE,
-            format!("cannot install signal handlers: {e}"),
+            format!("cannot start the signal thread: {e}"),
         )
     })?;
     let socket_path = resque::control::socket_path(&runtime);
     let _socket = resque::control::serve(&socket_path, tx.clone(), access)
         .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    // How long PHP processes told to exit at shutdown may take (then they are killed).
+    let php_grace = config
+        .handlers
+        .iter()
+        .filter_map(|h| match &h.kind {
+            config::HandlerKind::Php(php) => Some(php.grace),
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default();
     let reload_global = global.clone();
     let reload_args = args.clone();
     let supervisor = resque::Supervisor::new(config)
@@ -556,10 +728,47 @@ async fn start(global: &GlobalArgs, args: &StartArgs) -> Result<i32, Failure> {
             )
         }))
         .on_log_level(Box::new(move |level| log.set_level(level)));
-    supervisor
-        .run(rx)
-        .await
-        .map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))?;
+    let result = supervisor.run(rx).await;
+    // PHP runners finish their shutdown functions before the daemon exits: on stop, restart and
+    // upgrade systemd must find nothing left to kill.
+    resque::handler::php::wait_retired(php_grace + Duration::from_secs(2)).await;
+    result.map_err(|e| Failure::new(exit::FAILURE, format!("{e:#}")))?;
+    Ok(exit::OK)
+}
+
+/// `resque instances [status|reload]`: one line per instance; exit 1 if any is not ok.
+fn instances(action: InstancesCommand, json: bool) -> Result<i32, Failure> {
+    let list = resque::instances::list().map_err(|e| Failure::new(exit::UNAVAILABLE, e))?;
+    let reports = match action {
+        InstancesCommand::Status => resque::instances::status(&list),
+        InstancesCommand::Reload => resque::instances::reload(&list),
+    };
+    if json {
+        print_json(
+            &reports
+                .iter()
+                .map(|r| json!({"unit": r.unit, "ok": r.ok, "state": r.text}))
+                .collect::<Vec<_>>(),
+        );
+    } else if reports.is_empty() {
+        outln!("no resque@NAME.service instance is loaded");
+    } else {
+        let width = reports.iter().map(|r| r.unit.len()).max().unwrap_or(0);
+        for r in &reports {
+            outln!("{:<width$}  {}", r.unit, r.text);
+        }
+    }
+    let failed = reports.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!(
+                "{} of {} failed",
+                count_of(failed as u64, "instance"),
+                reports.len()
+            ),
+        ));
+    }
     Ok(exit::OK)
 }
 
@@ -581,7 +790,7 @@ async fn bench(global: &GlobalArgs, args: &resque::cli::BenchArgs) -> Result<i32
     if global.json {
         print_json(&report);
     } else {
-        println!(
+        outln!(
             "{:?} handler, {} workers, queues {}: {} jobs in {:.2} s = {:.0} jobs/s, {:.1} Redis commands/job",
             report.handler,
             report.count,
@@ -592,17 +801,18 @@ async fn bench(global: &GlobalArgs, args: &resque::cli::BenchArgs) -> Result<i32
             report.redis_commands_per_job
         );
         if let Some(p) = &report.pickup_latency {
-            println!(
+            outln!(
                 "pickup latency (idle workers): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
             );
         }
         if let Some(idle) = report.idle_commands_per_second_per_worker {
-            println!("idle: {idle:.3} Redis commands/s per worker");
+            outln!("idle: {idle:.3} Redis commands/s per worker");
         }
-        println!(
+        outln!(
             "RSS {:.1} MiB (peak {:.1} MiB)",
-            report.rss_mib, report.peak_rss_mib
+            report.rss_mib,
+            report.peak_rss_mib
         );
     }
     Ok(exit::OK)
@@ -617,8 +827,7 @@ fn generate(what: GenerateCommand) -> Result<i32, Failure> {
     };
     match what {
         GenerateCommand::Man { out } => {
-            std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
-            clap_mangen::generate_to(Cli::command(), &out).map_err(|e| io(&out, e))?;
+            resque::manpage::generate(Cli::command(), &out).map_err(|e| io(&out, e))?;
         }
         GenerateCommand::Completions { out } => {
             use clap_complete::{generate_to, Shell};

@@ -121,9 +121,13 @@ struct Snapshot {
 impl Snapshot {
     fn text(&self) -> String {
         let workers = if self.workers == self.wanted {
-            format!("{} workers", self.workers)
+            crate::cli::count_of(self.workers as u64, "worker")
         } else {
-            format!("{} of {} workers", self.workers, self.wanted)
+            format!(
+                "{} of {}",
+                self.workers,
+                crate::cli::count_of(self.wanted as u64, "worker")
+            )
         };
         format!(
             "{workers}, {} busy{}; processed {}, failed {}; Redis {}",
@@ -469,8 +473,8 @@ impl Supervisor {
                             workers = now.workers,
                             queues = %config.worker.queues.join(","),
                             redis = %config.redis.display,
-                            "resque ready: {} workers on queues {}, Redis at {}",
-                            now.workers,
+                            "resque ready: {} on queues {}, Redis at {}",
+                            crate::cli::count_of(now.workers as u64, "worker"),
                             config.worker.queues.join(","),
                             config.redis.display
                         );
@@ -651,7 +655,11 @@ impl Supervisor {
             Duration::ZERO
         };
         let busy = stats.busy.load(Ordering::Relaxed);
-        let text = format!("Stopping: waiting up to {timeout:?} for {busy} running jobs");
+        let text = format!(
+            "Stopping: waiting up to {} for {}",
+            humantime::format_duration(timeout),
+            crate::cli::count_of(busy as u64, "running job")
+        );
         info!("{text}");
         self.notifier.stopping(&text);
         pool.wake_stop.notify_one();

@@ -1,5 +1,5 @@
 //! The watchdog is withheld while a worker is wedged; job log lines reach a real journald with
-//! their JOB_ID field.
+//! their RESQUE_JOB_ID field (not JOB_ID: systemd uses that for its job numbers).
 
 mod common;
 
@@ -87,7 +87,7 @@ async fn no_watchdog_while_a_worker_slot_is_wedged() {
 }
 
 /// A standalone systemd-journald in a private mount namespace (root only; see
-/// shared/reference/systemd-testing.md §6); the daemon logs to it and `journalctl JOB_ID=…`
+/// shared/reference/systemd-testing.md §6); the daemon logs to it and `journalctl RESQUE_JOB_ID=…`
 /// finds the job's output line and its completion.
 #[test]
 fn job_lines_reach_journald_with_their_job_id() {
@@ -115,11 +115,11 @@ for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05;
 RESQUE_LOG_TARGET=journald RUNTIME_DIRECTORY={dir}/run {bin} --config {config} start &
 D=$!
 for i in $(seq 200); do
-  journalctl -q -o cat JOB_ID={id} 2>/dev/null | grep -q "job complete" && break
+  journalctl -q -o cat RESQUE_JOB_ID={id} 2>/dev/null | grep -q "job complete" && break
   sleep 0.1
 done
 kill -TERM $D; wait $D || true
-journalctl -q -o json JOB_ID={id}
+journalctl -q -o json RESQUE_JOB_ID={id}
 kill $JD
 "#,
         dir = dir.path().display(),
@@ -146,15 +146,19 @@ kill $JD
         "{messages:?}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The message alone (journalctl -o cat) says which job of which class.
     assert!(
-        messages.iter().any(|m| m.contains("job complete")),
+        messages
+            .iter()
+            .any(|m| m.contains("job complete") && m.contains(&id) && m.contains("Journal\\Job")),
         "{messages:?}"
     );
     for e in &entries {
-        assert_eq!(e["JOB_ID"], id.as_str());
-        assert_eq!(e["JOB_CLASS"], "Journal\\Job");
-        assert_eq!(e["QUEUE"], "default");
-        assert!(e["WORKER"].as_str().unwrap().ends_with(":default"));
+        assert_eq!(e["RESQUE_JOB_ID"], id.as_str());
+        assert_eq!(e["RESQUE_JOB_CLASS"], "Journal\\Job");
+        assert_eq!(e["RESQUE_QUEUE"], "default");
+        assert!(e["RESQUE_WORKER"].as_str().unwrap().ends_with(":default"));
+        assert!(e.get("JOB_ID").is_none(), "JOB_ID is systemd's: {e}");
         assert_eq!(e["SYSLOG_IDENTIFIER"], "resque");
     }
 }

@@ -83,6 +83,12 @@ impl ExecHandler {
                 "cannot run job: the exec command is empty",
             ));
         };
+        for (name, what, value) in [
+            ("RESQUE_JOB_ID", "id", job.id().unwrap_or_default()),
+            ("RESQUE_JOB_CLASS", "class", job.class()),
+        ] {
+            check_env_value(name, what, value)?;
+        }
         let mut cmd = child_command(
             program,
             self.settings.working_dir.as_deref(),
@@ -107,6 +113,29 @@ impl ExecHandler {
         })
     }
 }
+
+/// Longest job class or id passed in the environment. Linux refuses a single environment string
+/// above 128 KiB (`MAX_ARG_STRLEN`, "Argument list too long"); no real class or id comes near.
+pub const MAX_ENV_VALUE: usize = 32 * 1024;
+
+/// A job class or id that cannot be put in the environment fails the job with an error about the
+/// job's data, not about the program (which is fine).
+fn check_env_value(name: &str, what: &str, value: &str) -> Result<(), JobFailure> {
+    let problem = if value.contains('\0') {
+        "contains a NUL byte".to_string()
+    } else if value.len() > MAX_ENV_VALUE {
+        format!("is {} bytes long (at most {MAX_ENV_VALUE})", value.len())
+    } else {
+        return Ok(());
+    };
+    Err(JobFailure::new(
+        JOB_DATA_EXCEPTION,
+        format!("bad job data: the job's {what} {problem}, so it cannot be passed to the program in {name}; the job was not run"),
+    ))
+}
+
+/// The exception class php-resque uses for a job it cannot run as given.
+const JOB_DATA_EXCEPTION: &str = "Resque\\Exception";
 
 #[async_trait::async_trait]
 impl Handler for ExecHandler {

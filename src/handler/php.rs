@@ -505,13 +505,68 @@ impl Handler for PhpHandler {
     }
 }
 
+/// PHP processes told to exit that have not ended yet (see [`wait_retired`]).
+static RETIRING: Retiring = Retiring {
+    count: std::sync::atomic::AtomicUsize::new(0),
+    ended: tokio::sync::Notify::const_new(),
+};
+
+struct Retiring {
+    count: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// Counts one retiring process until dropped.
+struct RetiringGuard;
+
+impl RetiringGuard {
+    fn new() -> Self {
+        RETIRING
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RetiringGuard
+    }
+}
+
+impl Drop for RetiringGuard {
+    fn drop(&mut self) {
+        RETIRING
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        RETIRING.ended.notify_waiters();
+    }
+}
+
+/// Waits until every PHP process told to exit (recycled, or idle when its pool was dropped at
+/// shutdown) has ended, at most `limit`. The daemon calls it after the supervisor returned and
+/// before the runtime shuts down: otherwise the retiring tasks die with the runtime and the
+/// processes are killed (by us, or by systemd once the main process is gone) before PHP ran its
+/// shutdown functions and destructors. Each process is killed after its handler's `grace` anyway.
+pub async fn wait_retired(limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            let ended = RETIRING.ended.notified();
+            if RETIRING.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    })
+    .await;
+}
+
 /// Tells a process to exit (end of file on its requests: the runner exits 0, running the
 /// application's shutdown functions), in the background; after `grace` its group is killed.
 fn retire(mut process: PhpProcess, grace: Duration) {
     let span = tracing::Span::current();
+    let guard = RetiringGuard::new();
     let task = async move {
+        let _guard = guard;
         process.requests = None;
-        process.wait_or_kill(grace).await;
+        let pid = process.pid();
+        if let Some(status) = process.wait_or_kill(grace).await {
+            tracing::debug!(pid, "PHP worker exited: {}", describe_status(status));
+        }
         process.output.drain().await;
     };
     match tokio::runtime::Handle::try_current() {

@@ -177,7 +177,8 @@ impl Worker {
         if !self.register(&mut control).await {
             return;
         }
-        info!(worker = %self.id_text, queues = %self.shared.queues.join(","), "worker started on queues {}", self.shared.queues.join(","));
+        let queues = self.shared.queues.join(",");
+        info!(worker = %self.id_text, queues = %queues, "worker {} started on queues {queues}", self.id_text);
         let mut backoff = Duration::from_millis(100);
         // A reservation made together with the previous job's outcome.
         let mut next: Option<Reservation> = None;
@@ -223,7 +224,7 @@ impl Worker {
         }
         self.release_held().await;
         self.unregister().await;
-        info!(worker = %self.id_text, "worker stopped");
+        info!(worker = %self.id_text, "worker {} stopped", self.id_text);
     }
 
     /// Waits up to `limit` for a wake-up (if `wakeable`) or a control change, ticking.
@@ -369,29 +370,38 @@ impl Worker {
             Ok(p) => (p.id().unwrap_or("").to_string(), p.class().to_string()),
             Err(_) => (String::new(), String::new()),
         };
-        let span = info_span!("job", JOB_ID = %job_id, JOB_CLASS = %class, QUEUE = %job.queue, WORKER = %self.id_text);
+        // RESQUE_*: systemd's own records carry JOB_ID (its job numbers).
+        let span = info_span!("job", RESQUE_JOB_ID = %job_id, RESQUE_JOB_CLASS = %class, RESQUE_QUEUE = %job.queue, RESQUE_WORKER = %self.id_text);
         if job.status_late {
             if let Ok(payload) = &parsed {
                 self.intend_status(payload, JobStatus::Running);
             }
         }
         let result = async {
-            debug!("job started");
+            debug!("job started: {job_id} ({class}) from queue {}", job.queue);
             let started = Instant::now();
             let result = match &parsed {
                 Err(e) => JobResult::Done(Err(JobFailure::new("Resque\\Exception", e.clone()))),
                 Ok(payload) => self.perform(&job, payload.clone(), control).await,
             };
             match &result {
-                JobResult::Done(Ok(())) => info!(elapsed = ?started.elapsed(), "job complete"),
+                JobResult::Done(Ok(())) => {
+                    let elapsed = started.elapsed();
+                    info!(elapsed = ?elapsed, "job complete: {job_id} ({class}) in {elapsed:.2?}")
+                }
                 // Logged with the wait that follows, by `set_back`.
                 JobResult::Done(Err(f)) if f.is_worker_side() => {}
-                JobResult::Done(Err(f)) => {
-                    warn!(exception = %f.exception, error = %f.error, "job failed")
-                }
-                JobResult::Aborted => {
-                    info!("job interrupted by shutdown; it goes back to its queue")
-                }
+                JobResult::Done(Err(f)) => warn!(
+                    exception = %f.exception,
+                    error = %f.error,
+                    "job failed: {job_id} ({class}): {}: {}",
+                    f.exception,
+                    f.error
+                ),
+                JobResult::Aborted => info!(
+                    "job interrupted by shutdown: {job_id} ({class}) goes back to queue {}",
+                    job.queue
+                ),
             }
             result
         }

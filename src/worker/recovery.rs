@@ -157,7 +157,7 @@ async fn recover_locked(
         commands::unregister(keys, &worker)
             .query_async::<()>(conn)
             .await?;
-        info!(worker = %worker, "removed dead worker");
+        info!(worker = %worker, "removed dead worker {worker}");
     }
     // Then the records other implementations left behind (php-resque workers killed or crashed
     // on this host, Ruby workers whose heartbeat stopped), as php-resque's and Ruby's own
@@ -262,11 +262,11 @@ async fn settle_lost_job(
             .await?;
         return Ok(match moved {
             1 => {
-                warn!(worker, queue, class = %class, losses, "job of a dead worker put back at the head of its queue");
+                warn!(worker, queue, class = %class, losses, "job of dead worker {worker} ({class}) put back at the head of queue {queue}");
                 Settled::Requeued
             }
             -1 => {
-                warn!(worker, queue, "cannot put a job of a dead worker back: its queue key is not a list; it stays in flight until the key is fixed");
+                warn!(worker, queue, "cannot put a job of dead worker {worker} back: queue key {queue} is not a list; it stays in flight until the key is fixed");
                 Settled::Stuck
             }
             _ => Settled::Gone,
@@ -307,7 +307,7 @@ async fn settle_lost_job(
     .invoke_async(conn)
     .await?;
     if written == 1 {
-        warn!(worker, queue, class = %class, "{error}");
+        warn!(worker, queue, class = %class, "{error} ({class}, queue {queue}, worker {worker})");
         Ok(Settled::Failed)
     } else {
         Ok(Settled::Gone)

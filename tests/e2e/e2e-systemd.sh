@@ -27,7 +27,7 @@ CACHE=${E2E_CACHE:-/var/cache/resque-e2e}
 WORK=${E2E_WORK:-/tmp/resque-e2e}
 SUITE=bookworm
 # Everything the tests need inside the container: it has no network.
-INCLUDE=systemd,systemd-sysv,dbus,procps,adduser,redis-server,php-cli
+INCLUDE=systemd,systemd-sysv,dbus,procps,adduser,redis-server,php-cli,man-db
 ROOT=$CACHE/rootfs-$SUITE-$(echo "$SUITE $INCLUDE v1" | sha256sum | cut -c1-12)
 MACHINE=resque-e2e
 U=resque@default.service
@@ -42,8 +42,8 @@ rm -f "$WORK"/*.log
 # ---------------------------------------------------------------- host setup
 step "host tools"
 if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; then
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container debootstrap >/dev/null
+	apt-get -o DPkg::Lock::Timeout=300 update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq systemd-container debootstrap >/dev/null
 fi
 
 # nspawn refuses to clean up /run/systemd/nspawn/propagate/* unless it is on a
@@ -169,8 +169,9 @@ state() { C systemctl is-active "$1" 2>/dev/null || true; }
 prop() { C systemctl show "$1" -p "$2" --value; }
 is_active() { [ "$(state "$1")" = active ]; }
 require_active() { is_active "$1" || fail "$1 is $(state "$1"), not active"; }
-# start a unit, resetting systemd's start rate limit (StartLimitBurst=5 in
-# 120 s) that the many restarts of this test would otherwise trip.
+# start a unit, resetting systemd's start rate limit (StartLimitBurst=20 in
+# 60 s) that the many restarts of this test could otherwise trip (the check
+# "restarts" shows that an operator's restarts do not).
 start() {
 	C systemctl reset-failed "$1" 2>/dev/null || true
 	C timeout 60 systemctl start "$1"
@@ -194,7 +195,12 @@ workers_count() { rcli SCARD resque:workers; }
 
 # --------------------------------------------------------- the test fixtures
 # The configuration every check starts from. $1 = count of resque@default.
+# With $2, no [instance.default]: $2 is added to [worker] instead.
 write_config() {
+	local instance="[instance.default]
+queues = [\"default\"]
+count = ${1:-2}"
+	[ -z "${2:-}" ] || instance=""
 	C sh -c 'cat >/etc/resque.toml' <<EOF
 # written by tests/e2e/e2e-systemd.sh
 [redis]
@@ -203,17 +209,16 @@ url = "redis://127.0.0.1:6379/0"
 [worker]
 interval = "1s"
 shutdown_timeout = "20s"
+${2:-}
 
-[instance.default]
-queues = ["default"]
-count = ${1:-2}
+$instance
 
 # A line in started-ID per attempt; Sleep5/Sleep10 jobs take that long; the
 # payload is written atomically to job-ID when the job is done.
 [[handler]]
 class = 'Shell\\*'
 type = "exec"
-command = ["/bin/sh", "-c", 'echo \$\$ >>$OUT/started-\$RESQUE_JOB_ID; case "\$RESQUE_JOB_CLASS" in *Sleep10) sleep 10;; *Sleep5) sleep 5;; esac; cat >$OUT/.job-\$RESQUE_JOB_ID && mv $OUT/.job-\$RESQUE_JOB_ID $OUT/job-\$RESQUE_JOB_ID; echo "e2e job \$RESQUE_JOB_ID done"']
+command = ["/bin/sh", "-c", 'echo \$\$ >>$OUT/started-\$RESQUE_JOB_ID; case "\$RESQUE_JOB_CLASS" in *Sleep10) sleep 10;; *Sleep5) sleep 5;; *Fail) echo "e2e failing on purpose" >&2; exit 3;; esac; cat >$OUT/.job-\$RESQUE_JOB_ID && mv $OUT/.job-\$RESQUE_JOB_ID $OUT/job-\$RESQUE_JOB_ID; echo "e2e job \$RESQUE_JOB_ID done"']
 timeout = "60s"
 
 [[handler]]
@@ -253,6 +258,25 @@ class WriteFile
         rename($out . '.tmp', $out);
     }
 }
+
+// Sleeps args.ms, then writes php-TOKEN. Its runner has a shutdown function that
+// takes a moment, as an application's destructors do.
+class Sleep
+{
+    public $args;
+
+    public function perform()
+    {
+        file_put_contents('/srv/e2e/out/php-started-' . $this->args['token'], getmypid());
+        usleep($this->args['ms'] * 1000);
+        file_put_contents('/srv/e2e/out/php-' . $this->args['token'], 'done');
+        $pid = getmypid();
+        register_shutdown_function(function () use ($pid) {
+            usleep(300000);
+            file_put_contents('/srv/e2e/out/php-shutdown-' . $pid, 'clean');
+        });
+    }
+}
 EOF
 	write_config 2
 	# Faster failure modes for the test only: the watchdog check needs a short
@@ -275,7 +299,13 @@ EOF
 c_install() {
 	C redis-cli ping | grep -q PONG || fail "redis-server is not running in the container"
 	C dpkg --purge resque >/dev/null 2>&1 || true
-	C dpkg -i /var/cache/e2e/resque.deb </dev/null
+	C dpkg -i /var/cache/e2e/resque.deb </dev/null >"$WORK/install-output.txt" 2>&1 ||
+		{ cat "$WORK/install-output.txt"; fail "dpkg -i failed"; }
+	cat "$WORK/install-output.txt"
+	# A fresh install says what to do next.
+	grep -q 'systemctl enable --now resque@default' "$WORK/install-output.txt" ||
+		fail "no post-install note"
+	grep -q 'README.Debian' "$WORK/install-output.txt" || fail "the note does not point at README.Debian"
 	C dpkg -s resque | grep -q '^Status: install ok installed'
 	local pw uid
 	pw=$(C getent passwd resque) || fail "user resque missing"
@@ -291,9 +321,19 @@ c_install() {
 	C grep -qx /etc/resque.toml /var/lib/dpkg/info/resque.conffiles || fail "/etc/resque.toml is not a conffile"
 	for f in /usr/bin/resque /lib/systemd/system/resque@.service /lib/systemd/system/resque.service \
 		/usr/share/resque/php/runner.php /usr/share/man/man1/resque.1.gz \
+		/usr/share/man/man5/resque.toml.5.gz /usr/share/doc/resque/README.Debian \
 		/usr/share/bash-completion/completions/resque /usr/share/doc/resque/copyright; do
 		C test -e "$f" || fail "$f not installed"
 	done
+	# man -w finds both pages.
+	echo "man -w resque: $(C man -w resque)"
+	echo "man -w 5 resque.toml: $(C man -w 5 resque.toml)"
+	C man -w resque | grep -q 'man1/resque.1' || fail "man -w resque"
+	C man -w 5 resque.toml | grep -q 'man5/resque.toml.5' || fail "man -w 5 resque.toml"
+	C sh -c 'MANWIDTH=80 man resque 2>/dev/null' | grep -q 'EXIT STATUS' || fail "man resque: no EXIT STATUS"
+	# The shipped config explains its handler and points at the www-data drop-in.
+	C grep -q 'www-data.conf' /etc/resque.toml || fail "/etc/resque.toml does not point at www-data.conf"
+	C grep -q 'Could not find job class' /etc/resque.toml || fail "/etc/resque.toml does not explain its handler"
 	C systemd-analyze verify --man=no resque@default.service resque.service
 	# The packaged default configuration is valid as shipped.
 	C runuser -u resque -- resque config check --instance default
@@ -375,12 +415,97 @@ c_journal() {
 	require_active "$U"
 	local id
 	id=$(cat "$WORK/exec_job.id" 2>/dev/null) || fail "no job from check exec_job"
-	journal -u "$U" JOB_ID="$id" -o verbose >"$WORK/journal-job.txt"
-	journal -u "$U" JOB_ID="$id" -o short-monotonic
-	[ -s "$WORK/journal-job.txt" ] || fail "journalctl -u $U JOB_ID=$id finds nothing"
+	journal -u "$U" RESQUE_JOB_ID="$id" -o verbose >"$WORK/journal-job.txt"
+	journal -u "$U" RESQUE_JOB_ID="$id" -o short-monotonic
+	[ -s "$WORK/journal-job.txt" ] || fail "journalctl -u $U RESQUE_JOB_ID=$id finds nothing"
 	grep -q "_SYSTEMD_UNIT=$U" "$WORK/journal-job.txt" || fail "lines not attributed to $U"
 	grep -q "MESSAGE=.*e2e job $id done" "$WORK/journal-job.txt" ||
-		echo "(note: the job's stdout line is not tagged with JOB_ID)"
+		echo "(note: the job's stdout line is not tagged with RESQUE_JOB_ID)"
+}
+
+# journalctl -o cat alone tells what happened: the class and error of a failed
+# job, the names of signals; our job field is not systemd's JOB_ID.
+c_journal_text() {
+	require_active "$U"
+	local id f0 out
+	f0=$(failed_count)
+	id=$(enqueue default 'Shell\Fail' '{"fail":"on purpose"}')
+	wait_for 15 sh -c "[ \$(nsenter -t $L -a redis-cli LLEN resque:failed) -gt $f0 ]" || fail "job $id did not fail"
+	wait_for 5 sh -c "nsenter -t $L -a journalctl -b -u $U -o cat | grep -q 'job failed: $id'" || fail "no 'job failed' line"
+	out=$(journal -u "$U" -o cat | grep "job failed: $id")
+	echo "$out"
+	echo "$out" | grep -qF 'Shell\Fail' || fail "the failed job's line lacks its class"
+	echo "$out" | grep -q 'exit code 3' || fail "the failed job's line lacks its error"
+	journal -u "$U" -o cat | grep -E 'resque ready: [0-9]+ workers? on queues default, Redis redis://127.0.0.1:6379' ||
+		fail "'resque ready' does not name the queues and Redis"
+	journal -u "$U" -o cat | grep -E 'worker .* started on queues default' | head -1 || fail "'worker started' lacks the queues"
+	C systemctl kill -s SIGUSR2 --kill-whom=main "$U"
+	C systemctl kill -s SIGCONT --kill-whom=main "$U"
+	wait_for 5 sh -c "nsenter -t $L -a journalctl -b -u $U -o cat | grep -q 'received SIGCONT: resuming'" ||
+		fail "no 'received SIGCONT' line"
+	journal -u "$U" -o cat | grep 'received SIG'
+	journal -u "$U" -o cat | grep -q 'received SIGUSR2: pausing' || fail "no 'received SIGUSR2' line"
+	# Our records carry RESQUE_JOB_ID; JOB_ID stays systemd's.
+	journal -u "$U" RESQUE_JOB_ID="$id" -o json | grep -q '"RESQUE_JOB_CLASS"' || fail "no RESQUE_JOB_CLASS field"
+	if journal -u "$U" RESQUE_JOB_ID="$id" -o json | grep -q '"JOB_ID"'; then
+		fail "our records carry JOB_ID"
+	fi
+	echo "journalctl -F JOB_ID (systemd's): $(journal -u "$U" -F JOB_ID | head -3 | tr '\n' ' ')"
+	journal -u "$U" -F JOB_ID | grep -qx "$id" && fail "JOB_ID mixes our job ids with systemd's" || true
+}
+
+# [worker] queues applies to resque@default without an [instance.default].
+c_worker_queues() {
+	C cp /etc/resque.toml /srv/e2e/good.toml
+	write_config 2 'queues = ["high", "low"]
+count = 2'
+	C chgrp resque /etc/resque.toml
+	C sed -n '/^.worker./,/^$/p' /etc/resque.toml
+	C grep -q 'instance.default' /etc/resque.toml && fail "test config still has [instance.default]" || true
+	local out id
+	out=$(C runuser -u resque -- resque config check --instance default)
+	echo "$out"
+	echo "$out" | grep -E '^ +queues +high,low +from \[worker\]' || fail "config check: queues not high,low from [worker]"
+	C timeout 60 systemctl restart "$U" || { C cp /srv/e2e/good.toml /etc/resque.toml; fail "restart failed"; }
+	id=$(enqueue low 'Shell\Echo' '{"queue":"low"}')
+	wait_for 15 job_done "$id" || { C cp /srv/e2e/good.toml /etc/resque.toml; fail "a job in queue low did not run"; }
+	C cp /srv/e2e/good.toml /etc/resque.toml
+	C chgrp resque /etc/resque.toml
+	C timeout 60 systemctl restart "$U"
+}
+
+# An operator restarting 8 times in a minute does not trip the start limit.
+c_restarts() {
+	start "$U"
+	local i
+	for i in 1 2 3 4 5 6 7 8; do
+		C timeout 60 systemctl restart "$U" || fail "restart $i failed: $(prop "$U" Result)"
+	done
+	echo "after 8 restarts: $(state "$U"), Result $(prop "$U" Result)"
+	require_active "$U"
+	[ "$(prop "$U" Result)" = success ] || fail "Result $(prop "$U" Result)"
+	journal -u "$U" -o cat | grep -q 'start-limit-hit\|Start request repeated too quickly' &&
+		fail "start limit hit" || true
+}
+
+# A PHP job that finishes while the unit stops: its runner ends on its own
+# (shutdown functions run), nothing is left for systemd to SIGKILL.
+c_php_stop() {
+	start "$U"
+	local token=stop$RANDOM n0 pid
+	n0=$(journal -u "$U" -o cat | grep -c 'SIGKILL' || true)
+	enqueue default 'App\Jobs\Sleep' "{\"token\":\"$token\",\"ms\":1500}" >/dev/null
+	wait_for 20 C test -s "$OUT/php-started-$token" || fail "PHP job did not start"
+	pid=$(C cat "$OUT/php-started-$token")
+	C timeout 60 systemctl stop "$U"
+	C test -s "$OUT/php-$token" || fail "the PHP job did not finish during the drain"
+	journal -u "$U" -o cat | tail -8
+	[ "$(journal -u "$U" -o cat | grep -c 'SIGKILL' || true)" = "$n0" ] ||
+		fail "SIGKILL in the journal: $(journal -u "$U" -o cat | grep SIGKILL | tail -3)"
+	C test -s "$OUT/php-shutdown-$pid" || fail "the PHP runner's shutdown function did not run"
+	C kill -0 "$pid" 2>/dev/null && fail "PHP runner $pid still alive" || true
+	echo "PHP runner $pid ended cleanly"
+	start "$U"
 }
 
 c_reload() {
@@ -521,6 +646,35 @@ c_umbrella() {
 	echo "$U: $a0 -> $a1, $U2: $b0 -> $b1"
 	is_active "$U" && is_active "$U2" || fail "instances not active after restart: $(state "$U") $(state "$U2")"
 	[ "$a1" != "$a0" ] && [ "$b1" != "$b0" ] || fail "systemctl restart resque did not restart every instance"
+	C resque instances
+
+	# A broken config: reload and restart of the umbrella fail, naming the instances.
+	local rc=0
+	C cp /etc/resque.toml /srv/e2e/good.toml
+	C sh -c 'echo "this is = = not toml" >>/etc/resque.toml'
+	C timeout 60 systemctl reload resque.service || rc=$?
+	echo "systemctl reload resque with a broken config: rc=$rc"
+	journal -u resque.service -o cat | tail -4
+	if [ "$rc" = 0 ]; then
+		C cp /srv/e2e/good.toml /etc/resque.toml
+		fail "systemctl reload resque succeeded with a broken config"
+	fi
+	is_active "$U" && is_active "$U2" || fail "a rejected reload stopped an instance"
+	journal -u resque.service -o cat | grep -q "$U2.*reload failed" || fail "the umbrella does not report $U2"
+	rc=0
+	C timeout 90 systemctl restart resque.service || rc=$?
+	echo "systemctl restart resque with a broken config: rc=$rc; $U: $(state "$U"), $U2: $(state "$U2")"
+	C cp /srv/e2e/good.toml /etc/resque.toml
+	C chgrp resque /etc/resque.toml
+	[ "$rc" != 0 ] || fail "systemctl restart resque succeeded while its instances failed"
+	C resque instances && fail "resque instances exits 0 with failed instances" || true
+	C systemctl reset-failed "$U" "$U2" resque.service
+	start "$U"
+	start "$U2"
+	is_active resque.service || fail "resque.service not active once its instances run again"
+	C timeout 60 systemctl reload resque.service || fail "reload of the fixed config failed"
+	C timeout 90 systemctl restart resque.service || fail "restart of the fixed config failed"
+	is_active "$U" && is_active "$U2" || fail "instances not active again"
 }
 
 c_enable() {
@@ -610,14 +764,26 @@ c_purge() {
 	# dpkg -i installs the package's default config again: use the test one.
 	write_config 2
 	C chgrp resque /etc/resque.toml
+	# Enabled the way an operator does it: links in multi-user.target.wants/
+	# and resque.service.wants/.
+	C systemctl enable resque@default.service resque@second.service resque.service
 	start "$U"
 	is_active "$U" || fail "not running before purge"
+	# The test's own drop-ins are an admin's files, which purge leaves alone.
+	C rm -rf /etc/systemd/system/resque@.service.d /etc/systemd/system/$U.d
+	C systemctl daemon-reload
+	echo "before purge:"
+	C find /etc -name '*resque*' | sort | sed 's/^/    /'
 	C dpkg --purge resque </dev/null
 	[ "$(state "$U")" != active ] || fail "$U still active after dpkg --purge"
 	[ "$(state resque.service)" != active ] || fail "resque.service still active after dpkg --purge"
 	C test ! -e /etc/resque.toml || fail "/etc/resque.toml left after purge"
 	C test ! -e /run/resque/default || fail "/run/resque/default left after purge"
 	C systemctl cat "$U" >/dev/null 2>&1 && fail "unit still loadable after purge" || true
+	local left
+	left=$(C find /etc -name '*resque*')
+	echo "after purge, under /etc: ${left:-nothing}"
+	[ -z "$left" ] || fail "left under /etc after purge: $left"
 }
 
 check install c_install
@@ -628,6 +794,10 @@ check start c_start
 check exec_job c_exec_job
 check php_job c_php_job
 check journal c_journal
+check journal_text c_journal_text
+check worker_queues c_worker_queues
+check restarts c_restarts
+check php_stop c_php_stop
 check reload c_reload
 check reload_invalid c_reload_invalid
 check watchdog c_watchdog
