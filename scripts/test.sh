@@ -4,6 +4,7 @@
 # `./scripts/test.sh --test cli`).
 #
 #   redis-server  every integration test starts its own, on a free loopback port
+#   redis-sentinel the Sentinel failover test (three sentinels of its own)
 #   php-cli       the PHP handler tests
 #   nodejs, npm   the node-resque interop tests (node-resque itself comes from npm)
 #   systemd       systemd-journald, for the journald test (present on Debian)
@@ -16,6 +17,7 @@ SUDO=""
 APT=(apt-get -o DPkg::Lock::Timeout=300 -y -qq)
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v php >/dev/null 2>&1 || missing+=(php-cli)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
