@@ -473,7 +473,7 @@ impl Supervisor {
                             workers = now.workers,
                             queues = %config.worker.queues.join(","),
                             redis = %config.redis.display,
-                            "resque ready: {} on queues {}, Redis at {}",
+                            "resque ready: {} on queues {}, Redis {}",
                             crate::cli::count_of(now.workers as u64, "worker"),
                             config.worker.queues.join(","),
                             config.redis.display

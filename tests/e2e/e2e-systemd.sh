@@ -786,6 +786,39 @@ c_purge() {
 	[ -z "$left" ] || fail "left under /etc after purge: $left"
 }
 
+c_credential() {
+	# The Redis password as a systemd credential (LoadCredential=, as
+	# systemd/examples/redis-password.conf shows): not in /etc/resque.toml, the
+	# environment or a command line, against a Redis that requires it.
+	local u=resque@cred.service d=/etc/systemd/system/resque@cred.service.d
+	C redis-server --port 6390 --bind 127.0.0.1 --requirepass e2e-Cred-S3cret --save '' \
+		--daemonize yes --pidfile /run/redis-cred.pid
+	C install -d -m 0700 /etc/resque
+	C sh -c 'umask 077; printf "e2e-Cred-S3cret\n" >/etc/resque/redis-password'
+	C mkdir -p "$d"
+	C sh -c "cat >$d/credential.conf" <<'EOF'
+[Service]
+LoadCredential=redis-password:/etc/resque/redis-password
+Environment=REDIS_BACKEND=redis://127.0.0.1:6390/0 QUEUE=cred
+EOF
+	C systemctl daemon-reload
+	start "$u"
+	require_active "$u"
+	C redis-cli -p 6390 -a e2e-Cred-S3cret --no-auth-warning RPUSH resque:queue:cred \
+		'{"class":"Shell\\Echo","args":[{"via":"credential"}],"id":"credjob0000000001"}' >/dev/null
+	wait_for 15 job_done credjob0000000001 || fail "the job on the password-protected Redis did not run"
+	C cat "$OUT/job-credjob0000000001"
+	echo
+	if journal -u "$u" -o cat | grep -q 'e2e-Cred-S3cret'; then fail "the password is in the journal"; fi
+	if C systemctl show -p Environment -p StatusText "$u" | grep -q 'e2e-Cred-S3cret'; then
+		fail "the password is in the unit's environment or status"
+	fi
+	C systemctl stop "$u"
+	C rm -rf "$d" /etc/resque
+	C systemctl daemon-reload
+	C sh -c 'kill "$(cat /run/redis-cred.pid)"' || true
+}
+
 check install c_install
 check security c_security
 check setup fixtures
@@ -806,6 +839,7 @@ check bad_config_start c_bad_config_start
 check umbrella c_umbrella
 check enable c_enable
 check examples c_examples
+check credential c_credential
 check upgrade c_upgrade
 check remove c_remove
 check purge c_purge
