@@ -207,6 +207,10 @@ impl Supervisor {
             wake: Arc::new(wakeup::Wakeup::new(config.worker.count as usize)),
             stats,
             late: LateStatuses::new(),
+            retry: Arc::new(crate::scheduler::retry::RetryPolicies::new(
+                self.own_handlers.iter().map(|(p, _)| p.as_str()),
+                &config.handlers,
+            )),
         });
         let wake_stop = Arc::new(Notify::new());
         let tracked = wakeup::Tracked {
@@ -339,6 +343,7 @@ impl Supervisor {
         let live: Arc<Mutex<Vec<String>>> = Arc::default();
         set_live(&live, &pool, &retired);
         let mut upkeep = self.start_upkeep(&config, live.clone(), &health);
+        let mut scheduler = crate::scheduler::Scheduler::start(&config, &health, &self.host);
 
         // READY once the workers are registered (from the loop below): before that nothing
         // works (Redis out of memory, read-only…), and STATUS says why.
@@ -393,6 +398,10 @@ impl Supervisor {
                                     conn = Connection::new(&config.redis, health.clone());
                                     upkeep.stop();
                                     upkeep = self.start_upkeep(&config, live.clone(), &health);
+                                    let old = std::mem::replace(&mut scheduler, crate::scheduler::Scheduler::start(&config, &health, &self.host));
+                                    tokio::spawn(old.stop());
+                                } else {
+                                    scheduler.update(&config);
                                 }
                                 info!(workers = pool.slots.len(), "configuration reloaded")
                             }
@@ -474,9 +483,12 @@ impl Supervisor {
             }
         };
 
+        // The scheduler lets go of its lock at once, so another daemon takes over while we drain.
+        let scheduler_stopped = tokio::spawn(scheduler.stop());
         self.shutdown(&config, pool, retired, graceful, &mut commands, &stats)
             .await;
         upkeep.stop();
+        let _ = scheduler_stopped.await;
         Ok(())
     }
 

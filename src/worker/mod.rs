@@ -70,6 +70,8 @@ pub struct Shared {
     pub stats: Arc<PoolStats>,
     /// Statuses to put over ones the enqueuer writes after the push.
     pub late: Arc<late_status::LateStatuses>,
+    /// Retry policies of the handlers (`retry = {…}`).
+    pub retry: Arc<crate::scheduler::retry::RetryPolicies>,
 }
 
 /// Seconds since this process started, for the liveness ticks the watchdog reads.
@@ -361,6 +363,11 @@ impl Worker {
             }
         };
         self.setback = Duration::ZERO;
+        if self.retry_later(&job, parsed.as_ref().ok(), &outcome, control).instrument(span.clone()).await {
+            stats.processed.fetch_add(1, Ordering::Relaxed);
+            stats.busy.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         let failed = matches!(outcome, Outcome::Failed(_));
         let go_on = {
             let now = *control.borrow();
@@ -425,6 +432,42 @@ impl Worker {
                 debug!(error = %e, "combined outcome and reservation failed; writing the outcome again");
                 None
             }
+        }
+    }
+
+    /// A failed attempt with attempts left (its handler's `retry`) goes to the delayed queue,
+    /// atomically with its outcome. Returns false if the outcome is still to be written.
+    async fn retry_later(
+        &self,
+        job: &Reserved,
+        payload: Option<&Payload>,
+        outcome: &Outcome,
+        control: &watch::Receiver<Control>,
+    ) -> bool {
+        use crate::scheduler::retry;
+        let (Outcome::Failed(record), Some(payload)) = (outcome, payload) else {
+            return false;
+        };
+        let Some(plan) = retry::plan(&self.shared.retry, Some(payload), &job.queue, record) else {
+            return false;
+        };
+        let aborting = || control.borrow().mode == Mode::Abort;
+        let write = retry::write(
+            &self.conn,
+            &self.shared.keys,
+            &self.id_text,
+            job,
+            payload,
+            &plan,
+            aborting,
+        );
+        match self.ticking(write).await {
+            retry::Written::Refused => false,
+            retry::Written::NotInFlight => {
+                self.outcome_not_in_flight(false);
+                true
+            }
+            _ => true,
         }
     }
 
