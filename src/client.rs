@@ -488,7 +488,9 @@ impl std::str::FromStr for DelayedSelector {
     fn from_str(text: &str) -> std::result::Result<Self, String> {
         let text = text.trim();
         if let Some((ts, index)) = text.split_once('/') {
-            let ts = ts.parse().map_err(|_| format!("{text:?}: expected TS/INDEX"))?;
+            let ts = ts
+                .parse()
+                .map_err(|_| format!("{text:?}: expected TS/INDEX"))?;
             let index = index
                 .parse()
                 .map_err(|_| format!("{text:?}: expected TS/INDEX"))?;
@@ -691,7 +693,11 @@ impl Client {
     /// Takes the selected items out of the delayed queue; with `run_now`, into their queues.
     /// Each item is taken by its exact bytes, once, even while a scheduler is moving it.
     /// Returns how many were taken.
-    pub async fn delayed_take(&mut self, selector: &DelayedSelector, run_now: bool) -> Result<usize> {
+    pub async fn delayed_take(
+        &mut self,
+        selector: &DelayedSelector,
+        run_now: bool,
+    ) -> Result<usize> {
         let items = self.delayed_find(selector).await?;
         let mut taken = 0;
         for item in items {
@@ -730,14 +736,17 @@ impl Client {
 
     /// Who leads the scheduler and the last tick of each schedule.
     pub async fn scheduler_state(&mut self) -> Result<SchedulerState> {
-        let (lock, ttl, last): (Option<String>, i64, std::collections::HashMap<String, String>) =
-            redis::pipe()
-                .get(self.keys.scheduler_leader())
-                .pttl(self.keys.scheduler_leader())
-                .hgetall(self.keys.schedule_last())
-                .query_async(&mut self.conn)
-                .await
-                .map_err(self.redis_err())?;
+        let (lock, ttl, last): (
+            Option<String>,
+            i64,
+            std::collections::HashMap<String, String>,
+        ) = redis::pipe()
+            .get(self.keys.scheduler_leader())
+            .pttl(self.keys.scheduler_leader())
+            .hgetall(self.keys.schedule_last())
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
         Ok(SchedulerState {
             leader: lock
                 .as_deref()

@@ -1038,9 +1038,10 @@ fn resolve(
         .map_err(|(key, message)| ConfigError::new(file_origin.clone(), key, message))?;
     let mut schedules: Vec<crate::scheduler::recurring::Schedule> = Vec::new();
     for section in &file.schedule {
-        let schedule = crate::scheduler::config::build_schedule(section).map_err(
-            |(at, key, message)| ConfigError::new(line_of(path, text, at), key, message),
-        )?;
+        let schedule =
+            crate::scheduler::config::build_schedule(section).map_err(|(at, key, message)| {
+                ConfigError::new(line_of(path, text, at), key, message)
+            })?;
         if schedules.iter().any(|s| s.name == schedule.name) {
             return Err(ConfigError::new(
                 line_of(path, text, section.name.span().start),

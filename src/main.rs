@@ -183,7 +183,9 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
                     (Some(d), _) => {
                         let delay = config::Seconds::parse(&d)
                             .map_err(|e| Failure::new(exit::FAILURE, format!("--in: {e}")))?;
-                        client.enqueue_in(&queue, &class, args, delay.0, track).await?
+                        client
+                            .enqueue_in(&queue, &class, args, delay.0, track)
+                            .await?
                     }
                     (None, Some(t)) => {
                         let at = parse_time(&t)
@@ -193,7 +195,9 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
                     (None, None) => unreachable!("one of --in/--at is given"),
                 };
                 if json {
-                    print_json(&json!({"id": delayed.id, "at": delayed.at, "queue": queue, "class": class, "tracked": track}));
+                    print_json(
+                        &json!({"id": delayed.id, "at": delayed.at, "queue": queue, "class": class, "tracked": track}),
+                    );
                 } else if let Some(id) = &delayed.id {
                     println!("{id}");
                 } else {
@@ -310,7 +314,11 @@ fn parse_time(text: &str) -> Result<i64, String> {
     }
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0))
-        .map_err(|e| format!("{text:?} is neither RFC 3339 (2026-12-24T18:00:00+01:00) nor unix seconds: {e}"))
+        .map_err(|e| {
+            format!(
+                "{text:?} is neither RFC 3339 (2026-12-24T18:00:00+01:00) nor unix seconds: {e}"
+            )
+        })
 }
 
 fn unix_text(ts: i64) -> String {

@@ -49,6 +49,11 @@ impl Keys {
     }
 }
 
+/// Field of a recurring job's payload: the name of its `[[schedule]]`.
+pub const SCHEDULE_FIELD: &str = "schedule";
+/// Field of a recurring job's payload: the tick it was enqueued for (unix seconds).
+pub const SCHEDULED_AT_FIELD: &str = "scheduled_at";
+
 /// The member of a `timestamps:` set for `ts` (no namespace: as Ruby and node write it).
 pub fn timestamp_member(ts: i64) -> String {
     format!("delayed:{ts}")

@@ -304,8 +304,7 @@ end
 return 0
 "#;
 
-pub static RELEASE_LEADER: LazyLock<redis::Script> =
-    LazyLock::new(|| script(RELEASE_LEADER_LUA));
+pub static RELEASE_LEADER: LazyLock<redis::Script> = LazyLock::new(|| script(RELEASE_LEADER_LUA));
 
 /// Move due delayed items to their queues, fenced: nothing happens unless the lock holds exactly
 /// `value` (so a leader that was paused and lost the lock moves nothing). Each item is taken with

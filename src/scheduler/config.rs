@@ -40,10 +40,7 @@ pub fn build_scheduler(s: &SchedulerSection) -> Result<SchedulerConfig, (String,
     let d = SchedulerConfig::default();
     let lock_ttl = s.lock_ttl.map(|s| s.0).unwrap_or(d.lock_ttl);
     if lock_ttl < Duration::from_secs(1) {
-        return Err((
-            "scheduler.lock_ttl".into(),
-            "must be at least 1s".into(),
-        ));
+        return Err(("scheduler.lock_ttl".into(), "must be at least 1s".into()));
     }
     Ok(SchedulerConfig {
         enabled: s.enabled.unwrap_or(d.enabled),
@@ -189,7 +186,10 @@ pub fn build_schedule(s: &ScheduleSection) -> Result<Schedule, (usize, String, S
                 return err(
                     every.span().start,
                     "every",
-                    format!("{:?}: must be a whole number of seconds, at least 1s", every.get_ref()),
+                    format!(
+                        "{:?}: must be a whole number of seconds, at least 1s",
+                        every.get_ref()
+                    ),
                 );
             }
             When::Every(period.as_secs())
@@ -200,7 +200,10 @@ pub fn build_schedule(s: &ScheduleSection) -> Result<Schedule, (usize, String, S
         return err(at_name, "class", "must not be empty".into());
     }
     let queue = s.queue.clone().unwrap_or_else(|| "default".into());
-    if queue.is_empty() || queue.contains(char::is_whitespace) || queue.contains(',') || queue == "*"
+    if queue.is_empty()
+        || queue.contains(char::is_whitespace)
+        || queue.contains(',')
+        || queue == "*"
     {
         return err(at_name, "queue", format!("{queue:?} is not a queue name"));
     }
@@ -217,11 +220,19 @@ pub fn build_schedule(s: &ScheduleSection) -> Result<Schedule, (usize, String, S
             }
         },
     };
-    let missed = match s.missed.as_ref().map(|m| (m.span().start, m.get_ref().as_str())) {
+    let missed = match s
+        .missed
+        .as_ref()
+        .map(|m| (m.span().start, m.get_ref().as_str()))
+    {
         None | Some((_, "skip")) => Missed::Skip,
         Some((_, "once")) => Missed::Once,
         Some((at, other)) => {
-            return err(at, "missed", format!("{other:?}: expected \"skip\" or \"once\""))
+            return err(
+                at,
+                "missed",
+                format!("{other:?}: expected \"skip\" or \"once\""),
+            )
         }
     };
     Ok(Schedule {

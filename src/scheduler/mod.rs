@@ -249,10 +249,15 @@ impl Leader {
         let mut total = 0;
         loop {
             let mut c = self.conn.clone();
-            let reply: Vec<String> =
-                proto::move_due(&self.keys, &value, crate::protocol::now_unix(), BATCH, &self.owner)
-                    .invoke_async(&mut c)
-                    .await?;
+            let reply: Vec<String> = proto::move_due(
+                &self.keys,
+                &value,
+                crate::protocol::now_unix(),
+                BATCH,
+                &self.owner,
+            )
+            .invoke_async(&mut c)
+            .await?;
             let r = proto::parse_move(reply);
             if r.fenced_out {
                 warn!("the scheduler lock is no longer ours: moving nothing");
@@ -288,12 +293,13 @@ impl Leader {
         // Ticks within this window are run late rather than lost (a leader change takes up to
         // the TTL); older ones were missed and follow `missed`.
         let window = (settings.lock_ttl.as_secs() as i64) * 2 + 5;
-        let needs_read = settings.schedules.iter().any(|s| {
-            match self.last_ticks.get(&s.name) {
+        let needs_read = settings
+            .schedules
+            .iter()
+            .any(|s| match self.last_ticks.get(&s.name) {
                 None => true,
                 Some(last) => s.when.next_after(*last).is_some_and(|t| t <= now),
-            }
-        });
+            });
         if needs_read {
             let mut c = self.conn.clone();
             let all: HashMap<String, String> = redis::cmd("HGETALL")
@@ -340,7 +346,11 @@ impl Leader {
         tick: i64,
         enqueue: bool,
     ) -> Result<(), redis::RedisError> {
-        let payload = enqueue.then(|| Payload::new_php(&schedule.class, schedule.args.clone(), &new_job_id()));
+        let payload = if enqueue {
+            Some(tick_payload(schedule, tick))
+        } else {
+            None
+        };
         let mut c = self.conn.clone();
         let r: i64 = proto::enqueue_tick(
             &self.keys,
@@ -396,6 +406,22 @@ impl Leader {
             }
         }
     }
+}
+
+/// A tick's job: php-resque's payload, plus the schedule's name and the tick's time (unix s), so
+/// a job can tell which run it is.
+fn tick_payload(schedule: &Schedule, tick: i64) -> Payload {
+    let base = Payload::new_php(&schedule.class, schedule.args.clone(), &new_job_id());
+    let mut fields = base.fields().clone();
+    fields.insert(
+        proto::SCHEDULE_FIELD.into(),
+        serde_json::Value::String(schedule.name.clone()),
+    );
+    fields.insert(
+        proto::SCHEDULED_AT_FIELD.into(),
+        serde_json::Value::from(tick),
+    );
+    Payload::from_fields(fields).unwrap_or(base)
 }
 
 /// The tokio instant of a unix time in whole seconds (just after it begins).

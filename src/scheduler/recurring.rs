@@ -30,9 +30,9 @@ pub enum Zone {
 
 impl Zone {
     pub fn parse(name: &str) -> Result<Zone, String> {
-        chrono_tz::Tz::from_str(name)
-            .map(Zone::Named)
-            .map_err(|_| format!("{name:?} is not a known time zone (e.g. \"Europe/Berlin\", \"UTC\")"))
+        chrono_tz::Tz::from_str(name).map(Zone::Named).map_err(|_| {
+            format!("{name:?} is not a known time zone (e.g. \"Europe/Berlin\", \"UTC\")")
+        })
     }
 
     fn name(&self) -> String {
@@ -90,7 +90,7 @@ use chrono::Timelike;
 pub enum When {
     Cron {
         expression: String,
-        cron: croner::Cron,
+        cron: Box<croner::Cron>,
         zone: Zone,
     },
     /// Every this many seconds (multiples of it since the epoch).
@@ -156,7 +156,7 @@ impl When {
             .map_err(|e| format!("{text:?} is not a valid cron expression: {e}"))?;
         Ok(When::Cron {
             expression,
-            cron,
+            cron: Box::new(cron),
             zone: zone.unwrap_or(Zone::Local),
         })
     }
@@ -166,7 +166,10 @@ impl When {
             When::Cron {
                 expression, zone, ..
             } => format!("cron {expression} ({})", zone.name()),
-            When::Every(secs) => format!("every {}", humantime::format_duration(std::time::Duration::from_secs(*secs))),
+            When::Every(secs) => format!(
+                "every {}",
+                humantime::format_duration(std::time::Duration::from_secs(*secs))
+            ),
         }
     }
 

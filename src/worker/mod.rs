@@ -363,7 +363,11 @@ impl Worker {
             }
         };
         self.setback = Duration::ZERO;
-        if self.retry_later(&job, parsed.as_ref().ok(), &outcome, control).instrument(span.clone()).await {
+        if self
+            .retry_later(&job, parsed.as_ref().ok(), &outcome, control)
+            .instrument(span.clone())
+            .await
+        {
             stats.processed.fetch_add(1, Ordering::Relaxed);
             stats.busy.fetch_sub(1, Ordering::Relaxed);
             return None;
