@@ -758,3 +758,65 @@ fn delayed_cli_lists_shows_removes_and_runs_now() {
     let o = run(resque(&config).args(["delayed", "remove", "nope"]));
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn cron_schedules_tick_in_the_daemon_and_reload_with_the_config() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&redis, dir.path(), "queues = [\"other\"]", "");
+    let daemon = Daemon::start(&config, &[]);
+    daemon.wait_control_socket();
+    wait_for("a leader", LIMIT, || leader_pid(&redis));
+    assert!(queue_items(&redis, "crons").is_empty());
+    // Add a schedule (6 fields: every second second, in a named zone) and reload.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[[schedule]]\nname = \"even\"\ncron = \"*/2 * * * * *\"\ntimezone = \"Europe/Berlin\"\nclass = \"Record\"\nqueue = \"crons\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let o = daemon.ctl(&["reload", "--wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for("three cron ticks", LIMIT, || {
+        (queue_items(&redis, "crons").len() >= 3).then_some(())
+    });
+    let ticks: Vec<i64> = queue_items(&redis, "crons")
+        .iter()
+        .map(|i| serde_json::from_str::<Value>(i).unwrap()["scheduled_at"].as_i64().unwrap())
+        .collect();
+    assert!(ticks.iter().all(|t| t % 2 == 0), "{ticks:?}");
+    for w in ticks.windows(2) {
+        assert_eq!(w[1], w[0] + 2, "{ticks:?}");
+    }
+}
+
+/// A schedule whose last tick was hours ago (no daemon ran): `skip` enqueues none of the
+/// missed ticks, `once` enqueues one.
+#[test]
+fn missed_ticks_follow_the_missed_policy() {
+    for (policy, expected) in [("skip", 0), ("once", 1)] {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(
+            &redis,
+            dir.path(),
+            "queues = [\"other\"]",
+            &format!(
+                "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\nclass = \"Record\"\nqueue = \"hourly\"\nmissed = \"{policy}\"\n"
+            ),
+        );
+        let now = now_secs() as i64;
+        // Away for three hours, and not near an hour boundary (the window of late ticks).
+        if now % 3600 < 60 || now % 3600 > 3540 {
+            std::thread::sleep(Duration::from_secs(61));
+        }
+        let last = now - 3 * 3600 - now % 3600;
+        let _: () = redis.conn().hset("resque:schedule:last", "hourly", last).unwrap();
+        let _daemon = Daemon::start(&config, &[]);
+        wait_for("the missed ticks handled", LIMIT, || {
+            let l: Option<i64> = redis.conn().hget("resque:schedule:last", "hourly").unwrap();
+            (l.unwrap_or(0) > last + 2 * 3600).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(queue_items(&redis, "hourly").len(), expected, "missed = {policy}");
+    }
+}
