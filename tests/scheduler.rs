@@ -781,7 +781,11 @@ fn cron_schedules_tick_in_the_daemon_and_reload_with_the_config() {
     });
     let ticks: Vec<i64> = queue_items(&redis, "crons")
         .iter()
-        .map(|i| serde_json::from_str::<Value>(i).unwrap()["scheduled_at"].as_i64().unwrap())
+        .map(|i| {
+            serde_json::from_str::<Value>(i).unwrap()["scheduled_at"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert!(ticks.iter().all(|t| t % 2 == 0), "{ticks:?}");
     for w in ticks.windows(2) {
@@ -810,13 +814,174 @@ fn missed_ticks_follow_the_missed_policy() {
             std::thread::sleep(Duration::from_secs(61));
         }
         let last = now - 3 * 3600 - now % 3600;
-        let _: () = redis.conn().hset("resque:schedule:last", "hourly", last).unwrap();
+        let _: () = redis
+            .conn()
+            .hset("resque:schedule:last", "hourly", last)
+            .unwrap();
         let _daemon = Daemon::start(&config, &[]);
         wait_for("the missed ticks handled", LIMIT, || {
             let l: Option<i64> = redis.conn().hget("resque:schedule:last", "hourly").unwrap();
             (l.unwrap_or(0) > last + 2 * 3600).then_some(())
         });
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(queue_items(&redis, "hourly").len(), expected, "missed = {policy}");
+        assert_eq!(
+            queue_items(&redis, "hourly").len(),
+            expected,
+            "missed = {policy}"
+        );
     }
+}
+
+/// The leader lock's fence, at the script level: a leader whose lock expired and was taken by
+/// another daemon (it was paused between checking the lock and moving) moves nothing and
+/// enqueues no tick, with the value it held.
+#[tokio::test]
+async fn a_fenced_out_leader_moves_and_enqueues_nothing() {
+    use resque::protocol::{scheduler as proto, Keys, Payload};
+    let redis = RedisServer::start();
+    let keys = Keys::new("resque");
+    let mut c = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let a: (i64, String) = proto::leader(&keys, "a:1:x", 60_000)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(a.0, 1);
+    // A's lock runs out while it is stopped; B takes it.
+    let _: () = redis::cmd("DEL")
+        .arg(keys.scheduler_leader())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let b: (i64, String) = proto::leader(&keys, "b:2:y", 60_000)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(b.0, 1);
+    assert_ne!(a.1, b.1, "a new holding has a new value (fencing token)");
+    let item = r#"{"class":"Record","args":[],"queue":"q"}"#;
+    let _: () = proto::schedule(&keys, 100, item, None)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r: Vec<String> = proto::move_due(&keys, &a.1, 200, 1000, "a")
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert!(proto::parse_move(r).fenced_out);
+    let p = Payload::parse(r#"{"class":"Record","args":[]}"#).unwrap();
+    let t: i64 = proto::enqueue_tick(&keys, &a.1, "s", 150, "q", Some(&p))
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(t, -1);
+    let queued: usize = redis::cmd("LLEN")
+        .arg("resque:queue:q")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
+    // A renewing finds B's lock; B moves the item, and its tick is enqueued once.
+    let again: (i64, String) = proto::leader(&keys, "a:1:x", 60_000)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(again, (0, b.1.clone()));
+    let r: Vec<String> = proto::move_due(&keys, &b.1, 200, 1000, "b")
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(proto::parse_move(r).moved, 1);
+    for expect in [1, 0] {
+        let t: i64 = proto::enqueue_tick(&keys, &b.1, "s", 150, "q", Some(&p))
+            .invoke_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(t, expect);
+    }
+    let queued: usize = redis::cmd("LLEN")
+        .arg("resque:queue:q")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(queued, 2, "the moved item and one tick");
+}
+
+/// Due-time → queued latency of our scheduler and of node-resque's (default 5 s poll), one job
+/// per second; prints p50/p99 for BENCHMARKS.md. `SCHEDULER_LATENCY_SAMPLES` (default 20).
+#[test]
+#[ignore = "benchmark: cargo test --test scheduler latency -- --ignored --nocapture"]
+fn latency_due_to_queued_ours_and_node_resques() {
+    let samples: i64 = std::env::var("SCHEDULER_LATENCY_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let measure = |ours: bool| -> Vec<f64> {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&redis, dir.path(), "queues = [\"other\"]", "");
+        if !ours {
+            let text = std::fs::read_to_string(&config)
+                .unwrap()
+                .replace("[scheduler]\n", "[scheduler]\nenabled = false\n");
+            std::fs::write(&config, text).unwrap();
+        }
+        let _daemon = Daemon::start(&config, &[]);
+        let port = redis.port.to_string();
+        let node = (!ours).then(|| {
+            node::spawn(
+                "scheduler.js",
+                &["run", &port, &(samples + 12).to_string(), "5000"],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let start = now_secs() as i64 + 2;
+        for i in 0..samples {
+            ok(
+                &config,
+                &[
+                    "enqueue",
+                    "lat",
+                    "Record",
+                    &format!(r#"{{"n":{i}}}"#),
+                    "--at",
+                    &(start + i).to_string(),
+                ],
+            );
+        }
+        let mut c = redis.conn();
+        let mut lat = Vec::new();
+        while (lat.len() as i64) < samples {
+            let (_, item): (String, String) = redis::cmd("BLPOP")
+                .arg("resque:queue:lat")
+                .arg(30)
+                .query(&mut c)
+                .expect("a moved job within 30 s");
+            let arrived = now_secs();
+            let n = serde_json::from_str::<Value>(&item).unwrap()["args"][0]["n"]
+                .as_i64()
+                .unwrap();
+            lat.push(arrived - (start + n) as f64);
+        }
+        if let Some(n) = node {
+            node::finish(n, "scheduler", LIMIT);
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        lat
+    };
+    let pct = |v: &[f64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize] * 1000.0;
+    let ours = measure(true);
+    let node = measure(false);
+    println!(
+        "due → queued, {samples} samples: ours p50 {:.1} ms p99 {:.1} ms; node-resque scheduler (poll 5 s) p50 {:.1} ms p99 {:.1} ms",
+        pct(&ours, 0.5),
+        pct(&ours, 0.99),
+        pct(&node, 0.5),
+        pct(&node, 0.99)
+    );
+    assert!(ours.iter().all(|l| *l >= 0.0), "never early: {ours:?}");
+    assert!(pct(&ours, 0.99) < 1000.0, "{ours:?}");
 }

@@ -16,7 +16,11 @@ const LIVENESS: Duration = Duration::from_secs(10);
 pub async fn run(redis: RedisConfig, key: String, changed: Arc<Notify>, tracking: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
+        let started = std::time::Instant::now();
         let result = track(&redis, &key, &changed, &tracking).await;
+        if started.elapsed() > LIVENESS {
+            backoff = Duration::from_millis(200);
+        }
         tracking.store(false, Ordering::Relaxed);
         changed.notify_one();
         if let Err(e) = result {

@@ -3,8 +3,8 @@
 //
 //   node scheduler.js enqueue-in PORT MS QUEUE CLASS ARGS_JSON   queue.enqueueIn(MS, …); prints the due second
 //   node scheduler.js enqueue-many PORT AT_MS QUEUE CLASS N        N × queue.enqueueAt(AT_MS, …) with args [{n: i}]
-//   node scheduler.js run PORT SECONDS                             a node-resque Scheduler (poll every 50 ms)
-//                                                                  for SECONDS; prints {"transferred": N}
+//   node scheduler.js run PORT SECONDS [POLL_MS]                   a node-resque Scheduler (poll every POLL_MS,
+//                                                                  default 50) for SECONDS; prints {"transferred": N}
 //
 // Redis is 127.0.0.1:PORT, database 0, namespace "resque" (node-resque's defaults).
 "use strict";
@@ -50,8 +50,12 @@ async function main() {
       break;
     }
     case "run": {
-      const [seconds] = rest;
-      const scheduler = new Scheduler({ connection: connection(port), timeout: 50, name: "node-scheduler" });
+      const [seconds, pollMs] = rest;
+      const scheduler = new Scheduler({
+        connection: connection(port),
+        timeout: Number(pollMs || 50),
+        name: "node-scheduler",
+      });
       let transferred = 0;
       scheduler.on("transferredJob", () => (transferred += 1));
       scheduler.on("error", (error) => process.stderr.write(`scheduler error: ${error.stack || error}\n`));
