@@ -985,3 +985,21 @@ fn latency_due_to_queued_ours_and_node_resques() {
     assert!(ours.iter().all(|l| *l >= 0.0), "never early: {ours:?}");
     assert!(pct(&ours, 0.99) < 1000.0, "{ours:?}");
 }
+
+/// A Redis (or proxy) without client tracking: the leader looks every second instead.
+#[test]
+fn without_client_tracking_delayed_jobs_still_move() {
+    let redis = RedisServer::start_with(&["--rename-command", "CLIENT", ""]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&redis, dir.path(), "queues = [\"other\"]", "");
+    let _daemon = Daemon::start(&config, &[]);
+    wait_for("a leader", LIMIT, || leader_pid(&redis));
+    ok(
+        &config,
+        &["enqueue", "untracked", "Record", "{}", "--in", "1s"],
+    );
+    wait_for("the job moved", LIMIT, || {
+        (queue_items(&redis, "untracked").len() == 1).then_some(())
+    });
+    assert!(delayed_keys(&redis).is_empty());
+}

@@ -139,9 +139,15 @@ async fn run(
         held: None,
         last_ticks: HashMap::new(),
         warned: HashMap::new(),
+        next_due: None,
+        dirty: true,
+        looked_at: std::time::Instant::now(),
     };
     loop {
         let current = settings.borrow_and_update().clone();
+        if !tracking.load(std::sync::atomic::Ordering::Relaxed) {
+            state.dirty = true;
+        }
         let wake = if current.enabled {
             state.step(&current).await
         } else {
@@ -161,7 +167,7 @@ async fn run(
         tokio::select! {
             _ = stop.notified() => break,
             r = settings.changed() => if r.is_err() { break },
-            _ = changed.notified(), if state.held.is_some() => {}
+            _ = changed.notified(), if state.held.is_some() => state.dirty = true,
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
@@ -180,6 +186,12 @@ struct Leader {
     last_ticks: HashMap<String, i64>,
     /// Keys warned about, and when.
     warned: HashMap<String, std::time::Instant>,
+    /// The earliest due time the last look found.
+    next_due: Option<i64>,
+    /// The schedule may have changed since the last look (a notification, or no tracking).
+    dirty: bool,
+    /// When the schedule was last looked at.
+    looked_at: std::time::Instant,
 }
 
 impl Leader {
@@ -202,6 +214,7 @@ impl Leader {
                 if self.held.as_deref() != Some(r.value.as_str()) {
                     info!(lock = %r.value, "this daemon now leads the scheduler (delayed and recurring jobs)");
                     self.last_ticks.clear();
+                    self.dirty = true;
                 }
                 self.held = Some(r.value);
             }
@@ -220,13 +233,25 @@ impl Leader {
             }
         }
         let mut wake = renew_at;
-        match self.move_due().await {
-            Ok(Some(next)) => wake = wake.min(instant_of_unix(next)),
-            Ok(None) => {}
-            Err(e) => {
-                warn!(error = %e, "cannot move due delayed jobs; trying again");
-                wake = wake.min(now + Duration::from_millis(500));
+        // Look at the schedule only when something may be due: it changed, the earliest due
+        // time has come, or the safety-net interval passed.
+        let due_now = self
+            .next_due
+            .is_some_and(|t| t <= crate::protocol::now_unix());
+        if self.dirty || due_now || self.looked_at.elapsed() >= POLL_TRACKED {
+            self.dirty = false;
+            self.looked_at = std::time::Instant::now();
+            match self.move_due().await {
+                Ok(next) => self.next_due = next,
+                Err(e) => {
+                    warn!(error = %e, "cannot move due delayed jobs; trying again");
+                    self.dirty = true;
+                    wake = wake.min(now + Duration::from_millis(500));
+                }
             }
+        }
+        if let Some(next) = self.next_due {
+            wake = wake.min(instant_of_unix(next));
         }
         if !settings.schedules.is_empty() {
             match self.recurring(settings).await {
