@@ -513,6 +513,8 @@ pub struct SchedulerState {
     /// Milliseconds the lock has left.
     pub leader_ttl_ms: Option<i64>,
     pub last_ticks: std::collections::HashMap<String, i64>,
+    /// Other implementations' scheduler locks that are held: key → holder.
+    pub other_schedulers: std::collections::BTreeMap<String, String>,
 }
 
 fn delayed_item(at: i64, index: usize, raw: String) -> DelayedItem {
@@ -747,7 +749,19 @@ impl Client {
             .query_async(&mut self.conn)
             .await
             .map_err(self.redis_err())?;
+        let other_keys = self.keys.other_scheduler_locks();
+        let holders: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&other_keys)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        let other_schedulers = other_keys
+            .into_iter()
+            .zip(holders)
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
         Ok(SchedulerState {
+            other_schedulers,
             leader: lock
                 .as_deref()
                 .and_then(crate::protocol::scheduler::LeaderLock::parse),

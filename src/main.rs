@@ -419,6 +419,7 @@ async fn schedule_list(client: &mut Client, config: &Config, json: bool) -> Resu
             "schedules": rows,
             "leader": state.leader,
             "leader_ttl_ms": state.leader_ttl_ms,
+            "other_schedulers": state.other_schedulers,
         }));
         return Ok(exit::OK);
     }
@@ -430,6 +431,9 @@ async fn schedule_list(client: &mut Client, config: &Config, json: bool) -> Resu
             l.token
         ),
         None => println!("leader: none (no daemon is moving delayed jobs)"),
+    }
+    for (key, holder) in &state.other_schedulers {
+        println!("another scheduler holds {key}: {holder}");
     }
     if rows.is_empty() {
         println!("no schedules configured");

@@ -317,6 +317,12 @@ fn our_delayed_job_is_moved_by_node_resques_scheduler_and_run_by_a_node_worker()
     let line: Value = serde_json::from_str(worker.lines().next().unwrap()).unwrap();
     assert_eq!(line["outcome"], "success", "{line}");
     assert_eq!(line["received"], json!([{"to": "n@x"}]));
+    // `schedule list` shows node's scheduler as another one moving delayed jobs.
+    let list = json_of(&config, &["schedule", "list"]);
+    assert_eq!(
+        list["other_schedulers"]["resque:resque_scheduler_leader_lock"], "node-scheduler",
+        "{list}"
+    );
     let out = node::finish(scheduler, "scheduler", LIMIT);
     assert!(out.contains(r#""transferred":1"#), "{out}");
     assert!(

@@ -43,6 +43,17 @@ impl Keys {
     pub fn schedule_last(&self) -> String {
         format!("{}schedule:last", self.prefix())
     }
+    /// Leader locks of other implementations' schedulers, to show who else moves delayed jobs:
+    /// node-resque's `resque_scheduler_leader_lock`, and Ruby resque-scheduler's master lock
+    /// (its documented name, and the doubly namespaced key it most likely really uses).
+    pub fn other_scheduler_locks(&self) -> Vec<String> {
+        let p = self.prefix();
+        vec![
+            format!("{p}resque_scheduler_leader_lock"),
+            format!("{p}resque_scheduler_master_lock"),
+            format!("{p}{p}resque_scheduler_master_lock"),
+        ]
+    }
     /// Ruby resque-scheduler's HASH schedule name → `Time.now.to_s` of the last enqueue.
     pub fn schedule_last_enqueued_at(&self) -> String {
         format!("{}delayed:last_enqueued_at", self.prefix())
