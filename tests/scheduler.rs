@@ -1009,3 +1009,39 @@ fn without_client_tracking_delayed_jobs_still_move() {
     });
     assert!(delayed_keys(&redis).is_empty());
 }
+
+/// A delayed item that is not JSON or names no queue becomes a failure record; the items next
+/// to it still move.
+#[test]
+fn broken_delayed_items_are_failed_and_do_not_block_the_others() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&redis, dir.path(), "queues = [\"other\"]", "");
+    let at = now_secs() as i64;
+    let mut c = redis.conn();
+    for item in [
+        "not json",
+        r#"{"class":"Record","args":[]}"#,
+        r#"{"class":"Record","args":[],"queue":"fine"}"#,
+    ] {
+        let _: () = c.rpush(format!("resque:delayed:{at}"), item).unwrap();
+    }
+    let _: () = c.zadd("resque:delayed_queue_schedule", at, at).unwrap();
+    let _daemon = Daemon::start(&config, &[]);
+    wait_for("the good item moved", LIMIT, || {
+        (queue_items(&redis, "fine").len() == 1).then_some(())
+    });
+    let failed: Vec<String> = c.lrange("resque:failed", 0, -1).unwrap();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let first: Value = serde_json::from_str(&failed[0]).unwrap();
+    assert_eq!(first["payload"], "not json");
+    assert_eq!(first["exception"], "Resque\\Exception");
+    assert_eq!(first["backtrace"], json!([]));
+    let second: Value = serde_json::from_str(&failed[1]).unwrap();
+    assert_eq!(second["payload"]["class"], "Record");
+    assert!(
+        second["error"].as_str().unwrap().contains("names no queue"),
+        "{second}"
+    );
+    assert!(delayed_keys(&redis).is_empty());
+}

@@ -325,9 +325,12 @@ local moved, limit = 0, tonumber(ARGV[4])
 local bad = {}
 local usable = {}
 local function fail(item, job, queue, why)
-  local record = {failed_at = ARGV[5], payload = job or item, exception = 'Resque\\Exception',
-    error = why, backtrace = {}, worker = ARGV[6], queue = queue or ''}
-  redis.call('RPUSH', KEYS[4], cjson.encode(record))
+  -- Built by hand: cjson writes an empty table as {}, and the backtrace is a list.
+  local payload = job and item or cjson.encode(item)
+  redis.call('RPUSH', KEYS[4], '{"failed_at":' .. cjson.encode(ARGV[5]) .. ',"payload":' ..
+    payload .. ',"exception":"Resque\\\\Exception","error":' .. cjson.encode(why) ..
+    ',"backtrace":[],"worker":' .. cjson.encode(ARGV[6]) .. ',"queue":' ..
+    cjson.encode(queue or '') .. '}')
 end
 while moved < limit do
   local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 1)
