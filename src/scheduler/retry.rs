@@ -172,12 +172,39 @@ pub fn plan(
     })
 }
 
+/// The worker's hook: if a failed job has attempts left (its handler's `retry`), write the
+/// attempt's outcome together with the job's move to the delayed queue. Returns false when the
+/// outcome is still to be written the usual way (no retry, or the delayed key is unusable).
+pub async fn retry_failed(
+    conn: &Connection,
+    shared: &crate::worker::Shared,
+    worker_id: &str,
+    job: &Reserved,
+    payload: Option<&Payload>,
+    outcome: &crate::protocol::commands::Outcome,
+    aborting: impl Fn() -> bool,
+) -> bool {
+    let (crate::protocol::commands::Outcome::Failed(record), Some(payload)) = (outcome, payload)
+    else {
+        return false;
+    };
+    let Some(plan) = plan(&shared.retry, Some(payload), &job.queue, record) else {
+        return false;
+    };
+    match write(conn, &shared.keys, worker_id, job, payload, &plan, aborting).await {
+        Written::Refused => false,
+        Written::NotInFlight => {
+            info!("the failed attempt was already recorded by an attempt whose reply was lost, or the job was taken from this worker meanwhile");
+            true
+        }
+        _ => true,
+    }
+}
+
 /// What writing a retried attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     Done,
-    /// Written; the job has an id but no status key (yet).
-    NoStatusKey,
     /// The job was no longer in this worker's hands.
     NotInFlight,
     /// The delayed key is not a list: nothing written; record the failure instead.

@@ -363,11 +363,16 @@ impl Worker {
             }
         };
         self.setback = Duration::ZERO;
-        if self
-            .retry_later(&job, parsed.as_ref().ok(), &outcome, control)
-            .instrument(span.clone())
-            .await
-        {
+        let retried = crate::scheduler::retry::retry_failed(
+            &self.conn,
+            &self.shared,
+            &self.id_text,
+            &job,
+            parsed.as_ref().ok(),
+            &outcome,
+            || control.borrow().mode == Mode::Abort,
+        );
+        if self.ticking(retried).instrument(span.clone()).await {
             stats.processed.fetch_add(1, Ordering::Relaxed);
             stats.busy.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -436,42 +441,6 @@ impl Worker {
                 debug!(error = %e, "combined outcome and reservation failed; writing the outcome again");
                 None
             }
-        }
-    }
-
-    /// A failed attempt with attempts left (its handler's `retry`) goes to the delayed queue,
-    /// atomically with its outcome. Returns false if the outcome is still to be written.
-    async fn retry_later(
-        &self,
-        job: &Reserved,
-        payload: Option<&Payload>,
-        outcome: &Outcome,
-        control: &watch::Receiver<Control>,
-    ) -> bool {
-        use crate::scheduler::retry;
-        let (Outcome::Failed(record), Some(payload)) = (outcome, payload) else {
-            return false;
-        };
-        let Some(plan) = retry::plan(&self.shared.retry, Some(payload), &job.queue, record) else {
-            return false;
-        };
-        let aborting = || control.borrow().mode == Mode::Abort;
-        let write = retry::write(
-            &self.conn,
-            &self.shared.keys,
-            &self.id_text,
-            job,
-            payload,
-            &plan,
-            aborting,
-        );
-        match self.ticking(write).await {
-            retry::Written::Refused => false,
-            retry::Written::NotInFlight => {
-                self.outcome_not_in_flight(false);
-                true
-            }
-            _ => true,
         }
     }
 
