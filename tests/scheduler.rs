@@ -454,7 +454,12 @@ fn killed_leader_is_replaced_within_the_lock_ttl() {
 fn stopped_leader_loses_the_lock_and_moves_nothing_when_resumed() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&redis, dir.path(), "queues = [\"other\"]", "");
+    let config = config(
+        &redis,
+        dir.path(),
+        "queues = [\"other\"]",
+        "[[schedule]]\nname = \"beat\"\nevery = \"1s\"\nclass = \"Record\"\nqueue = \"beats\"\n",
+    );
     let a = Daemon::start(&config, &[]);
     let b = Daemon::start(&config, &[]);
     let first = wait_for("a leader", LIMIT, || leader_pid(&redis));
@@ -501,6 +506,19 @@ fn stopped_leader_loses_the_lock_and_moves_nothing_when_resumed() {
         log.contains("lost the scheduler lock") || log.contains("no longer ours"),
         "{log}"
     );
+    // And no tick of the recurring job was enqueued twice or lost across the change.
+    let ticks: Vec<i64> = queue_items(&redis, "beats")
+        .iter()
+        .map(|i| {
+            serde_json::from_str::<Value>(i).unwrap()["scheduled_at"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    for w in ticks.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "no tick lost or doubled: {ticks:?}");
+    }
     let moved_after: Vec<&str> = log
         .lines()
         .skip_while(|l| !l.contains("lost the scheduler lock") && !l.contains("no longer ours"))
@@ -550,8 +568,8 @@ fn retries_back_off_exponentially_keep_id_and_status_and_record_one_failure() {
     // Delays 1 s then 2 s (due times are whole seconds, rounded up: up to 1 s later), within a
     // generous tolerance for the machine.
     let gaps = [attempts[1].0 - attempts[0].0, attempts[2].0 - attempts[1].0];
-    assert!(gaps[0] >= 0.95 && gaps[0] < 1.0 + 1.0 + 1.5, "{gaps:?}");
-    assert!(gaps[1] >= 1.95 && gaps[1] < 2.0 + 1.0 + 1.5, "{gaps:?}");
+    assert!(gaps[0] >= 0.95 && gaps[0] < 1.0 + 1.0 + 3.0, "{gaps:?}");
+    assert!(gaps[1] >= 1.95 && gaps[1] < 2.0 + 1.0 + 3.0, "{gaps:?}");
     let records: Vec<String> = redis.conn().lrange("resque:failed", 0, -1).unwrap();
     assert_eq!(
         records.len(),
@@ -733,7 +751,20 @@ fn delayed_cli_lists_shows_removes_and_runs_now() {
         list,
         json!([{"at": at, "jobs": 2}, {"at": at + 60, "jobs": 1}])
     );
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut redis.conn())
+        .unwrap();
     assert_eq!(json_of(&config, &["stats"])["delayed"], 3);
+    let commands: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(
+        !commands.contains("cmdstat_keys"),
+        "stats used KEYS: {commands}"
+    );
+    assert!(!commands.contains("cmdstat_scan"), "{commands}");
     let id = a["id"].as_str().unwrap();
     let shown = json_of(&config, &["delayed", "show", id]);
     assert_eq!(shown[0]["at"], at);
