@@ -245,3 +245,112 @@ pub fn build_schedule(s: &ScheduleSection) -> Result<Schedule, (usize, String, S
         missed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{from_str, Config, ConfigError};
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        from_str(
+            text,
+            Path::new("/etc/resque.toml"),
+            None,
+            &Default::default(),
+            &Default::default(),
+        )
+    }
+
+    const HANDLER: &str =
+        "[[handler]]\nclass = \"*\"\ntype = \"exec\"\ncommand = [\"/bin/true\"]\n";
+
+    #[test]
+    fn scheduler_defaults_and_lock_ttl() {
+        let c = parse("").unwrap();
+        assert!(c.scheduler.enabled);
+        assert_eq!(c.scheduler.lock_ttl, Duration::from_secs(10));
+        assert!(c.schedules.is_empty());
+        let c = parse("[scheduler]\nenabled = false\nlock_ttl = \"30s\"\n").unwrap();
+        assert!(!c.scheduler.enabled);
+        assert_eq!(c.scheduler.lock_ttl, Duration::from_secs(30));
+        let e = parse("[scheduler]\nlock_ttl = \"10ms\"\n").unwrap_err();
+        assert_eq!(e.key, "scheduler.lock_ttl");
+        let e = parse("[scheduler]\nleader = 1\n").unwrap_err();
+        assert!(e.origin.ends_with(":2"), "{e}");
+    }
+
+    #[test]
+    fn retry_settings() {
+        let c = parse(&format!("{HANDLER}retry = {{ attempts = 4 }}\n")).unwrap();
+        let r = c.handlers[0].retry.clone().unwrap();
+        assert_eq!(r.attempts, 4);
+        assert_eq!(r.base, Duration::from_secs(15));
+        assert_eq!(r.max, Duration::from_secs(3600));
+        assert!(!r.jitter);
+        for (bad, key) in [
+            ("{ attempts = 0 }", "handler.retry.attempts"),
+            (
+                "{ attempts = 2, backoff = \"linear\" }",
+                "handler.retry.backoff",
+            ),
+            ("{ attempts = 2, backoff = [] }", "handler.retry.backoff"),
+            ("{ attempts = 2, record = \"all\" }", "handler.retry.record"),
+            (
+                "{ attempts = 2, base = \"1h\", max = \"1m\" }",
+                "handler.retry.max",
+            ),
+        ] {
+            let e = parse(&format!("{HANDLER}retry = {bad}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{bad}: {e}");
+            assert_eq!(e.origin, "/etc/resque.toml:2", "{bad}: {e}");
+        }
+        let e = parse(&format!("{HANDLER}retry = {{ attempts = 2, tries = 3 }}\n")).unwrap_err();
+        assert!(e.origin.ends_with(":5"), "{e}");
+    }
+
+    #[test]
+    fn schedule_settings_and_errors_with_lines() {
+        let c = parse(
+            "[[schedule]]\nname = \"r\"\ncron = \"0 2 * * * Europe/Berlin\"\nqueue = \"q\"\nargs = [1]\nmissed = \"once\"\n",
+        )
+        .unwrap();
+        let s = &c.schedules[0];
+        assert_eq!(s.class, "r", "class defaults to the name");
+        assert_eq!(s.args, serde_json::json!([1]));
+        assert_eq!(s.missed, crate::scheduler::recurring::Missed::Once);
+        for (body, line, key) in [
+            ("name = \"a\"\n", 2, "schedule.cron"),
+            (
+                "name = \"a\"\nevery = \"1s\"\ncron = \"* * * * *\"\n",
+                2,
+                "schedule.cron",
+            ),
+            ("name = \"a\"\nevery = \"1500ms\"\n", 3, "schedule.every"),
+            (
+                "name = \"a\"\ncron = \"* * * * *\"\ntimezone = \"Nowhere/Else\"\n",
+                4,
+                "schedule.cron",
+            ),
+            (
+                "name = \"a\"\ncron = \"* * * * *\"\nmissed = \"all\"\n",
+                4,
+                "schedule.missed",
+            ),
+            (
+                "name = \"a\"\nevery = \"1s\"\nargs = 5\n",
+                2,
+                "schedule.args",
+            ),
+        ] {
+            let e = parse(&format!("[[schedule]]\n{body}")).unwrap_err();
+            assert_eq!(e.key, key, "{body}: {e}");
+            assert_eq!(e.origin, format!("/etc/resque.toml:{line}"), "{body}: {e}");
+        }
+        let e = parse(
+            "[[schedule]]\nname = \"a\"\nevery = \"1s\"\n[[schedule]]\nname = \"a\"\nevery = \"2s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.origin, "/etc/resque.toml:5");
+    }
+}
