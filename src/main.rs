@@ -135,6 +135,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
                     "queues": config.worker.queues,
                     "count": config.worker.count,
                     "handlers": config.handlers.iter().map(|h| h.class.clone()).collect::<Vec<_>>(),
+                    "schedules": config.schedules.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
                 }));
             } else {
                 let source = config
