@@ -134,6 +134,13 @@ pub enum Command {
         /// Track the job's status (php-resque's $trackStatus).
         #[arg(long)]
         track: bool,
+        /// Run it later: put it into the delayed queue (resque-scheduler's layout) this long from
+        /// now, e.g. "10m", "90s", "1h 30m".
+        #[arg(long = "in", value_name = "DURATION", conflicts_with = "at")]
+        in_: Option<String>,
+        /// Run it later, at this time: RFC 3339 ("2026-12-24T18:00:00+01:00") or unix seconds.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
     /// Show the status of a tracked job: waiting, running, failed, complete or not tracked.
     Status {
@@ -153,6 +160,13 @@ pub enum Command {
     /// Inspect and act on the failed-jobs list.
     #[command(subcommand)]
     Failed(FailedCommand),
+    /// Inspect and act on the delayed queue (jobs enqueued with --in/--at, retries, and what
+    /// resque-scheduler, node-resque and php-resque schedule).
+    #[command(subcommand)]
+    Delayed(DelayedCommand),
+    /// Recurring jobs ([[schedule]]) and the scheduler's leader.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -249,6 +263,34 @@ pub enum FailedCommand {
     Remove { index: isize },
     /// Remove every failure record.
     Clear,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DelayedCommand {
+    /// List due times (earliest first) with their job counts.
+    List {
+        /// First index.
+        #[arg(long, default_value_t = 0)]
+        start: isize,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+    /// Show delayed jobs: all due at TS, the one at TS/INDEX, or the job with an id.
+    Show {
+        /// TS (unix seconds), TS/INDEX, or a job id.
+        selector: String,
+    },
+    /// Remove delayed jobs (TS, TS/INDEX or a job id).
+    Remove { selector: String },
+    /// Move delayed jobs (TS, TS/INDEX or a job id) into their queues now.
+    RunNow { selector: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Each [[schedule]] with its next and last run, and who holds the leader lock since when.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

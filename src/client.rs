@@ -76,6 +76,8 @@ pub struct Stats {
     pub workers: usize,
     pub working: usize,
     pub failed_list: usize,
+    /// Jobs in the delayed queue (resque-scheduler's `delayed:<ts>` lists), counted without KEYS.
+    pub delayed: u64,
 }
 
 /// One element of the failed list: its index, and the record (or the text if unreadable).
@@ -291,7 +293,9 @@ impl Client {
             .query_async(&mut self.conn)
             .await
             .map_err(self.redis_err())?;
+        let delayed = self.delayed_count().await?;
         Ok(Stats {
+            delayed,
             processed: processed.unwrap_or(0),
             failed: failed.unwrap_or(0),
             pending: queues.iter().map(|q| q.length as u64).sum(),
@@ -440,6 +444,345 @@ impl Client {
     /// The underlying connection, for callers that need more.
     pub fn connection(&mut self) -> &mut redis::aio::MultiplexedConnection {
         &mut self.conn
+    }
+}
+
+/// A job put into the delayed queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DelayedJob {
+    /// When it is due (unix seconds).
+    pub at: i64,
+    /// Its id, when tracked (an untracked item is resque-scheduler's `{"class","args","queue"}`).
+    pub id: Option<String>,
+}
+
+/// One due time of the delayed queue and how many jobs it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DelayedTime {
+    pub at: i64,
+    pub jobs: usize,
+}
+
+/// One item of the delayed queue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DelayedItem {
+    pub at: i64,
+    /// Position in its `delayed:<ts>` list.
+    pub index: usize,
+    pub class: Option<String>,
+    pub queue: Option<String>,
+    pub id: Option<String>,
+    pub args: Option<Value>,
+    /// The item as stored.
+    pub raw: String,
+}
+
+/// Which delayed items a command acts on: all at a time (`TS`), one (`TS/INDEX`), or a job id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DelayedSelector {
+    At(i64),
+    One(i64, usize),
+    Id(String),
+}
+
+impl std::str::FromStr for DelayedSelector {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if let Some((ts, index)) = text.split_once('/') {
+            let ts = ts
+                .parse()
+                .map_err(|_| format!("{text:?}: expected TS/INDEX"))?;
+            let index = index
+                .parse()
+                .map_err(|_| format!("{text:?}: expected TS/INDEX"))?;
+            return Ok(DelayedSelector::One(ts, index));
+        }
+        if let Ok(ts) = text.parse::<i64>() {
+            return Ok(DelayedSelector::At(ts));
+        }
+        if text.is_empty() || text.contains(char::is_whitespace) {
+            return Err(format!("{text:?} is neither a time, TS/INDEX nor a job id"));
+        }
+        Ok(DelayedSelector::Id(text.to_string()))
+    }
+}
+
+/// The scheduler's state in Redis: who leads, and the last tick of each schedule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SchedulerState {
+    pub leader: Option<crate::protocol::scheduler::LeaderLock>,
+    /// Milliseconds the lock has left.
+    pub leader_ttl_ms: Option<i64>,
+    pub last_ticks: std::collections::HashMap<String, i64>,
+    /// Other implementations' scheduler locks that are held: key → holder.
+    pub other_schedulers: std::collections::BTreeMap<String, String>,
+}
+
+fn delayed_item(at: i64, index: usize, raw: String) -> DelayedItem {
+    let parsed: Option<serde_json::Map<String, Value>> = match serde_json::from_str(&raw) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    };
+    let text = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    DelayedItem {
+        at,
+        index,
+        class: text("class"),
+        queue: text("queue"),
+        id: text("id"),
+        args: parsed.as_ref().and_then(|m| m.get("args")).cloned(),
+        raw,
+    }
+}
+
+impl Client {
+    /// Puts a job into the delayed queue, due at `at` (unix seconds), as resque-scheduler does
+    /// (`delayed:<ts>`, `timestamps:`, `delayed_queue_schedule`). A tracked job gets an id and
+    /// its WAITING status now; it keeps both when it reaches its queue.
+    pub async fn enqueue_at(
+        &mut self,
+        queue: &str,
+        class: &str,
+        args: Option<Value>,
+        at: i64,
+        track: bool,
+    ) -> Result<DelayedJob> {
+        check_queue_name(queue)?;
+        if class.trim().is_empty() {
+            return Err(ClientError::Invalid(
+                "the job class must not be empty".into(),
+            ));
+        }
+        let args = check_args(args)?;
+        let id = track.then(new_job_id);
+        let item = crate::protocol::scheduler::delayed_item(class, args, queue, id.as_deref());
+        let status_key = id.as_deref().map(|id| self.keys.job_status(id, None));
+        crate::protocol::scheduler::schedule(&self.keys, at, &item, status_key.as_deref())
+            .query_async::<()>(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(DelayedJob { at, id })
+    }
+
+    /// [`Client::enqueue_at`] `delay` from now (rounded up to the next whole second).
+    pub async fn enqueue_in(
+        &mut self,
+        queue: &str,
+        class: &str,
+        args: Option<Value>,
+        delay: std::time::Duration,
+        track: bool,
+    ) -> Result<DelayedJob> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let at = (now_ms + delay.as_millis().min(i64::MAX as u128 / 2) as i64 + 999) / 1000;
+        self.enqueue_at(queue, class, args, at, track).await
+    }
+
+    /// Due times from `start` (earliest first), at most `count`, with their job counts.
+    pub async fn delayed(&mut self, start: isize, count: usize) -> Result<Vec<DelayedTime>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let times: Vec<i64> = self
+            .conn
+            .zrange(
+                self.keys.delayed_schedule(),
+                start,
+                start + count as isize - 1,
+            )
+            .await
+            .map_err(self.redis_err())?;
+        let lengths = self.delayed_lengths(&times).await?;
+        Ok(times
+            .into_iter()
+            .zip(lengths)
+            .map(|(at, jobs)| DelayedTime { at, jobs })
+            .collect())
+    }
+
+    async fn delayed_lengths(&mut self, times: &[i64]) -> Result<Vec<usize>> {
+        if times.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for ts in times {
+            // LLEN of a key of another type is an error; count it as empty.
+            pipe.cmd("EVAL")
+                .arg("if redis.call('TYPE', KEYS[1])['ok'] == 'list' then return redis.call('LLEN', KEYS[1]) end return 0")
+                .arg(1)
+                .arg(self.keys.delayed_at(*ts));
+        }
+        pipe.query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())
+    }
+
+    /// Jobs in the delayed queue: ZCARD, then the lengths of the lists, pipelined a thousand at
+    /// a time (never KEYS).
+    pub async fn delayed_count(&mut self) -> Result<u64> {
+        let mut total = 0u64;
+        let mut start = 0isize;
+        loop {
+            let page = self.delayed(start, 1000).await?;
+            total += page.iter().map(|t| t.jobs as u64).sum::<u64>();
+            if page.len() < 1000 {
+                return Ok(total);
+            }
+            start += 1000;
+        }
+    }
+
+    /// The items due at `at`.
+    pub async fn delayed_at(&mut self, at: i64) -> Result<Vec<DelayedItem>> {
+        let key = self.keys.delayed_at(at);
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        if kind != "list" {
+            return Ok(Vec::new());
+        }
+        let raws: Vec<Vec<u8>> = self
+            .conn
+            .lrange(&key, 0, -1)
+            .await
+            .map_err(self.redis_err())?;
+        Ok(raws
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| delayed_item(at, i, String::from_utf8_lossy(&raw).into_owned()))
+            .collect())
+    }
+
+    /// The items a selector names (a job id is looked for in every due time).
+    pub async fn delayed_find(&mut self, selector: &DelayedSelector) -> Result<Vec<DelayedItem>> {
+        match selector {
+            DelayedSelector::At(at) => self.delayed_at(*at).await,
+            DelayedSelector::One(at, index) => Ok(self
+                .delayed_at(*at)
+                .await?
+                .into_iter()
+                .filter(|i| i.index == *index)
+                .collect()),
+            DelayedSelector::Id(id) => {
+                let mut found = Vec::new();
+                let mut start = 0isize;
+                loop {
+                    let page = self.delayed(start, 1000).await?;
+                    for t in &page {
+                        found.extend(
+                            self.delayed_at(t.at)
+                                .await?
+                                .into_iter()
+                                .filter(|i| i.id.as_deref() == Some(id.as_str())),
+                        );
+                    }
+                    if page.len() < 1000 {
+                        return Ok(found);
+                    }
+                    start += 1000;
+                }
+            }
+        }
+    }
+
+    /// Takes the selected items out of the delayed queue; with `run_now`, into their queues.
+    /// Each item is taken by its exact bytes, once, even while a scheduler is moving it.
+    /// Returns how many were taken.
+    pub async fn delayed_take(
+        &mut self,
+        selector: &DelayedSelector,
+        run_now: bool,
+    ) -> Result<usize> {
+        let items = self.delayed_find(selector).await?;
+        let mut taken = 0;
+        for item in items {
+            let queue = if run_now {
+                match item.queue.as_deref() {
+                    Some(q) if !q.is_empty() => Some(q.to_string()),
+                    _ => {
+                        return Err(ClientError::Invalid(format!(
+                            "delayed item {}/{} names no queue: {}",
+                            item.at, item.index, item.raw
+                        )))
+                    }
+                }
+            } else {
+                None
+            };
+            let r: i64 = crate::protocol::scheduler::take_delayed(
+                &self.keys,
+                item.at,
+                item.raw.as_bytes(),
+                queue.as_deref(),
+            )
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+            if r == -1 {
+                return Err(ClientError::Invalid(format!(
+                    "queue key of {:?} is not a list",
+                    queue.unwrap_or_default()
+                )));
+            }
+            taken += r.max(0) as usize;
+        }
+        Ok(taken)
+    }
+
+    /// Who leads the scheduler and the last tick of each schedule.
+    pub async fn scheduler_state(&mut self) -> Result<SchedulerState> {
+        let (lock, ttl, last): (
+            Option<String>,
+            i64,
+            std::collections::HashMap<String, String>,
+        ) = redis::pipe()
+            .get(self.keys.scheduler_leader())
+            .pttl(self.keys.scheduler_leader())
+            .hgetall(self.keys.schedule_last())
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        let other_keys = self.keys.other_scheduler_locks();
+        let holders: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&other_keys)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.redis_err())?;
+        let other_schedulers = other_keys
+            .into_iter()
+            .zip(holders)
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        Ok(SchedulerState {
+            other_schedulers,
+            leader: lock
+                .as_deref()
+                .and_then(crate::protocol::scheduler::LeaderLock::parse),
+            leader_ttl_ms: (ttl >= 0).then_some(ttl),
+            last_ticks: last
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                .collect(),
+        })
+    }
+}
+
+fn check_args(args: Option<Value>) -> Result<Value> {
+    match args {
+        None => Ok(Value::Null),
+        Some(v @ (Value::Object(_) | Value::Array(_))) => Ok(v),
+        Some(other) => Err(ClientError::Invalid(format!(
+            "job arguments must be a JSON object or array (as php-resque requires), not {other}"
+        ))),
     }
 }
 

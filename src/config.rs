@@ -394,6 +394,10 @@ struct FileConfig {
     instance: BTreeMap<String, WorkerSection>,
     #[serde(default)]
     handler: Vec<HandlerSection>,
+    #[serde(default)]
+    scheduler: crate::scheduler::config::SchedulerSection,
+    #[serde(default)]
+    schedule: Vec<crate::scheduler::config::ScheduleSection>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -485,6 +489,7 @@ struct HandlerSection {
     max_jobs: Option<u32>,
     max_memory: Option<Bytes>,
     runner: Option<PathBuf>,
+    retry: Option<crate::scheduler::config::RetrySection>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,6 +586,8 @@ pub enum HandlerKind {
 pub struct HandlerConfig {
     pub class: String,
     pub kind: HandlerKind,
+    /// `retry = {…}`: failed attempts go to the delayed queue (see [`crate::scheduler::retry`]).
+    pub retry: Option<crate::scheduler::retry::RetryPolicy>,
 }
 
 /// Settings of the worker pool of one daemon.
@@ -609,6 +616,10 @@ pub struct Config {
     pub redis: RedisConfig,
     pub worker: WorkerConfig,
     pub handlers: Vec<HandlerConfig>,
+    /// `[scheduler]`: delayed and recurring jobs moved by this daemon.
+    pub scheduler: crate::scheduler::config::SchedulerConfig,
+    /// `[[schedule]]`: recurring jobs.
+    pub schedules: Vec<crate::scheduler::recurring::Schedule>,
 }
 
 /// What the command line and environment say, before merging.
@@ -1280,7 +1291,25 @@ fn resolve(
                 bootstrap: app_include.clone(),
                 ..PhpSettings::default()
             }),
+            retry: None,
         });
+    }
+    let scheduler = crate::scheduler::config::build_scheduler(&file.scheduler)
+        .map_err(|(key, message)| ConfigError::new(file_origin.clone(), key, message))?;
+    let mut schedules: Vec<crate::scheduler::recurring::Schedule> = Vec::new();
+    for section in &file.schedule {
+        let schedule =
+            crate::scheduler::config::build_schedule(section).map_err(|(at, key, message)| {
+                ConfigError::new(line_of(path, text, at), key, message)
+            })?;
+        if schedules.iter().any(|s| s.name == schedule.name) {
+            return Err(ConfigError::new(
+                line_of(path, text, section.name.span().start),
+                "schedule.name",
+                format!("{:?} is used by two schedules", schedule.name),
+            ));
+        }
+        schedules.push(schedule);
     }
     if !file.handler.is_empty() {
         origins.set("handlers", "[[handler]]");
@@ -1297,6 +1326,8 @@ fn resolve(
             redis,
             worker,
             handlers,
+            scheduler,
+            schedules,
         },
         origins,
     ))
@@ -1409,7 +1440,14 @@ fn build_handler(
             })
         }
     };
-    Ok(HandlerConfig { class, kind })
+    let retry = match &h.retry {
+        None => None,
+        Some(r) => Some(
+            crate::scheduler::config::build_retry(r)
+                .map_err(|(key, message)| ConfigError::new(origin.clone(), key, message))?,
+        ),
+    };
+    Ok(HandlerConfig { class, kind, retry })
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! - [`worker`]: reserve reliably, run one job, record its outcome, recover lost jobs.
 //! - [`handler`]: how a job runs: `exec` (a process per job), `php` (a PHP runner pool), or
 //!   your own in-process [`handler::Handler`].
+//! - [`scheduler`]: delayed, recurring and retried jobs on resque-scheduler's keys, moved by a
+//!   leader-locked task of every daemon.
 //! - [`supervisor`]: keeps COUNT workers alive, applies reloads and drives shutdown;
 //!   [`systemd`], [`signals`], [`control`], [`pidfile`], [`logging`], [`limits`] and [`reaper`]
 //!   connect it to the OS.
@@ -25,6 +27,7 @@ pub mod manpage;
 pub mod pidfile;
 pub mod protocol;
 pub mod reaper;
+pub mod scheduler;
 pub mod signals;
 pub mod supervisor;
 pub mod systemd;

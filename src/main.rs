@@ -2,8 +2,9 @@
 
 use clap::{CommandFactory, Parser};
 use resque::cli::{
-    aligned, count_of, exit, Cli, Command, ConfigCommand, DaemonTarget, FailedCommand, GenerateCli,
-    GenerateCommand, GlobalArgs, InstancesCommand, StartArgs,
+    aligned, count_of, exit, Cli, Command, ConfigCommand, DaemonTarget, DelayedCommand,
+    FailedCommand, GenerateCli, GenerateCommand, GlobalArgs, InstancesCommand, ScheduleCommand,
+    StartArgs,
 };
 use resque::client::{Client, ClientError};
 use resque::config::{self, Config, Overrides};
@@ -321,6 +322,8 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
             class,
             args,
             track,
+            in_,
+            at,
         } => {
             let args = match args {
                 None => None,
@@ -328,6 +331,33 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
                     Failure::new(exit::FAILURE, format!("ARGS_JSON is not valid JSON: {e}"))
                 })?),
             };
+            if in_.is_some() || at.is_some() {
+                let delayed = match (in_, at) {
+                    (Some(d), _) => {
+                        let delay = config::Seconds::parse(&d)
+                            .map_err(|e| Failure::new(exit::FAILURE, format!("--in: {e}")))?;
+                        client
+                            .enqueue_in(&queue, &class, args, delay.0, track)
+                            .await?
+                    }
+                    (None, Some(t)) => {
+                        let at = parse_time(&t)
+                            .map_err(|e| Failure::new(exit::FAILURE, format!("--at: {e}")))?;
+                        client.enqueue_at(&queue, &class, args, at, track).await?
+                    }
+                    (None, None) => unreachable!("one of --in/--at is given"),
+                };
+                if json {
+                    print_json(
+                        &json!({"id": delayed.id, "at": delayed.at, "queue": queue, "class": class, "tracked": track}),
+                    );
+                } else if let Some(id) = &delayed.id {
+                    println!("{id}");
+                } else {
+                    println!("scheduled at {}", delayed.at);
+                }
+                return Ok(exit::OK);
+            }
             let id = client.enqueue(&queue, &class, args, track).await?;
             if json {
                 print_json(&json!({"id": id, "queue": queue, "class": class, "tracked": track}));
@@ -419,14 +449,164 @@ async fn client_command(global: &GlobalArgs, command: Command) -> Result<i32, Fa
                     ("workers", s.workers.to_string()),
                     ("working", s.working.to_string()),
                     ("failed list", s.failed_list.to_string()),
+                    ("delayed", s.delayed.to_string()),
                 ]);
                 outln!("{}", text.trim_end());
             }
             Ok(exit::OK)
         }
         Command::Failed(cmd) => failed_command(&mut client, cmd, json).await,
+        Command::Delayed(cmd) => delayed_command(&mut client, cmd, json).await,
+        Command::Schedule(ScheduleCommand::List) => schedule_list(&mut client, &config, json).await,
         _ => Ok(exit::OK),
     }
+}
+
+/// `--at`: RFC 3339 or unix seconds.
+fn parse_time(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0))
+        .map_err(|e| {
+            format!(
+                "{text:?} is neither RFC 3339 (2026-12-24T18:00:00+01:00) nor unix seconds: {e}"
+            )
+        })
+}
+
+fn unix_text(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+        })
+        .unwrap_or_else(|| ts.to_string())
+}
+
+async fn delayed_command(
+    client: &mut Client,
+    cmd: DelayedCommand,
+    json: bool,
+) -> Result<i32, Failure> {
+    let selector = |text: &str| {
+        text.parse::<resque::client::DelayedSelector>()
+            .map_err(|e| Failure::new(exit::FAILURE, e))
+    };
+    match cmd {
+        DelayedCommand::List { start, count } => {
+            let times = client.delayed(start, count).await?;
+            if json {
+                print_json(&times);
+            } else if times.is_empty() {
+                println!("no delayed jobs");
+            } else {
+                for t in times {
+                    println!("{}  {}  {} job(s)", t.at, unix_text(t.at), t.jobs);
+                }
+            }
+            Ok(exit::OK)
+        }
+        DelayedCommand::Show { selector: text } => {
+            let items = client.delayed_find(&selector(&text)?).await?;
+            if json {
+                print_json(&items);
+            } else if items.is_empty() {
+                println!("no delayed job matches {text}");
+                return Ok(exit::FAILURE);
+            } else {
+                for i in items {
+                    println!(
+                        "{}/{}  {}  {}  queue {}  id {}  {}",
+                        i.at,
+                        i.index,
+                        unix_text(i.at),
+                        i.class.as_deref().unwrap_or("?"),
+                        i.queue.as_deref().unwrap_or("?"),
+                        i.id.as_deref().unwrap_or("-"),
+                        i.raw
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        DelayedCommand::Remove { selector: ref text }
+        | DelayedCommand::RunNow { selector: ref text } => {
+            let run_now = matches!(cmd, DelayedCommand::RunNow { .. });
+            let n = client.delayed_take(&selector(text)?, run_now).await?;
+            if json {
+                print_json(&json!({ if run_now { "queued" } else { "removed" }: n }));
+            } else if run_now {
+                println!("moved {n} delayed job(s) into their queues");
+            } else {
+                println!("removed {n} delayed job(s)");
+            }
+            Ok(if n == 0 { exit::FAILURE } else { exit::OK })
+        }
+    }
+}
+
+async fn schedule_list(client: &mut Client, config: &Config, json: bool) -> Result<i32, Failure> {
+    let state = client.scheduler_state().await?;
+    let now = chrono::Utc::now().timestamp();
+    let rows: Vec<Value> = config
+        .schedules
+        .iter()
+        .map(|s| {
+            let last = state.last_ticks.get(&s.name).copied();
+            let next = s.when.next_after(last.unwrap_or(now).max(now));
+            json!({
+                "name": s.name,
+                "when": s.when.describe(),
+                "class": s.class,
+                "queue": s.queue,
+                "args": s.args,
+                "description": s.description,
+                "missed": match s.missed { resque::scheduler::recurring::Missed::Skip => "skip", resque::scheduler::recurring::Missed::Once => "once" },
+                "last_run": last,
+                "next_run": next,
+            })
+        })
+        .collect();
+    if json {
+        print_json(&json!({
+            "schedules": rows,
+            "leader": state.leader,
+            "leader_ttl_ms": state.leader_ttl_ms,
+            "other_schedulers": state.other_schedulers,
+        }));
+        return Ok(exit::OK);
+    }
+    match &state.leader {
+        Some(l) => println!(
+            "leader: {} since {} (lock token {})",
+            l.owner,
+            unix_text(l.since),
+            l.token
+        ),
+        None => println!("leader: none (no daemon is moving delayed jobs)"),
+    }
+    for (key, holder) in &state.other_schedulers {
+        println!("another scheduler holds {key}: {holder}");
+    }
+    if rows.is_empty() {
+        println!("no schedules configured");
+    }
+    for (s, row) in config.schedules.iter().zip(&rows) {
+        let show = |v: &Value| v.as_i64().map(unix_text).unwrap_or_else(|| "-".into());
+        println!(
+            "{}  {}  {} → {}  next {}  last {}",
+            s.name,
+            s.when.describe(),
+            s.class,
+            s.queue,
+            show(&row["next_run"]),
+            show(&row["last_run"])
+        );
+    }
+    Ok(exit::OK)
 }
 
 async fn failed_command(

@@ -213,6 +213,10 @@ impl Supervisor {
             late: LateStatuses::new(),
             wait_replicas: (config.redis.wait_replicas > 0)
                 .then_some((config.redis.wait_replicas, config.redis.wait_timeout)),
+            retry: Arc::new(crate::scheduler::retry::RetryPolicies::new(
+                self.own_handlers.iter().map(|(p, _)| p.as_str()),
+                &config.handlers,
+            )),
         });
         let wake_stop = Arc::new(Notify::new());
         let tracked = wakeup::Tracked {
@@ -352,6 +356,7 @@ impl Supervisor {
         let live: Arc<Mutex<Vec<String>>> = Arc::default();
         set_live(&live, &pool, &retired);
         let mut upkeep = self.start_upkeep(&config, live.clone(), &health);
+        let mut scheduler = crate::scheduler::Scheduler::start(&config, &health, &self.host);
 
         // READY once the workers are registered (from the loop below): before that nothing
         // works (Redis out of memory, read-only…), and STATUS says why.
@@ -411,6 +416,10 @@ impl Supervisor {
                                     ));
                                     upkeep.stop();
                                     upkeep = self.start_upkeep(&config, live.clone(), &health);
+                                    let old = std::mem::replace(&mut scheduler, crate::scheduler::Scheduler::start(&config, &health, &self.host));
+                                    tokio::spawn(old.stop());
+                                } else {
+                                    scheduler.update(&config);
                                 }
                                 info!(workers = pool.slots.len(), "configuration reloaded")
                             }
@@ -492,10 +501,13 @@ impl Supervisor {
             }
         };
 
+        // The scheduler lets go of its lock at once, so another daemon takes over while we drain.
+        let scheduler_stopped = tokio::spawn(scheduler.stop());
         self.shutdown(&config, pool, retired, graceful, &mut commands, &stats)
             .await;
         upkeep.stop();
         switches.abort();
+        let _ = scheduler_stopped.await;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod commands;
 mod failure;
 mod keys;
 mod payload;
+pub mod scheduler;
 pub mod scripts;
 mod status;
 mod time;

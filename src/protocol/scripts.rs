@@ -246,7 +246,7 @@ pub fn source(body: &str) -> String {
 }
 
 /// Sources of every script, for `SCRIPT LOAD` on a new connection.
-pub fn all_sources() -> [String; 6] {
+pub fn all_sources() -> [String; 12] {
     [
         source(FIX_STATUS_LUA),
         source(RESERVE_LUA),
@@ -254,5 +254,209 @@ pub fn all_sources() -> [String; 6] {
         source(COUNT_LOSS_LUA),
         source(TAKE_OVER_LOCK_LUA),
         source(FINISH_LUA),
+        source(LEADER_LUA),
+        source(RELEASE_LEADER_LUA),
+        source(MOVE_DUE_LUA),
+        source(ENQUEUE_TICK_LUA),
+        source(DELAYED_TAKE_LUA),
+        source(RETRY_LATER_LUA),
     ]
 }
+
+// ---------------------------------------------------------------------------------------------
+// The scheduler's scripts (delayed, recurring and retried jobs; keys in `super::scheduler`).
+
+/// Take or renew the scheduler's leader lock. The lock is ours when its owner is `owner` (also
+/// after a lost reply: taking it again is renewing it); a free lock is taken with a new fencing
+/// token (INCR of the fence counter), so each holding has its own value.
+///
+/// KEYS: lock, fence counter. ARGV: owner, TTL in ms, unix now.
+/// Returns `{1, value}` when we hold it (TTL renewed), `{0, value}` when another does.
+pub const LEADER_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, v = pcall(cjson.decode, cur)
+  if ok and type(v) == 'table' and v.owner == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+    return {1, cur}
+  end
+  return {0, cur}
+end
+local token = redis.call('INCR', KEYS[2])
+local value = '{"owner":' .. cjson.encode(ARGV[1]) .. ',"token":' .. token .. ',"since":' ..
+  ARGV[3] .. '}'
+redis.call('SET', KEYS[1], value, 'PX', tonumber(ARGV[2]))
+return {1, value}
+"#;
+
+pub static LEADER: LazyLock<redis::Script> = LazyLock::new(|| script(LEADER_LUA));
+
+/// Release the leader lock if it still holds `value`. KEYS: lock. ARGV: value. Returns 1 or 0.
+pub const RELEASE_LEADER_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+pub static RELEASE_LEADER: LazyLock<redis::Script> = LazyLock::new(|| script(RELEASE_LEADER_LUA));
+
+/// Move due delayed items to their queues, fenced: nothing happens unless the lock holds exactly
+/// `value` (so a leader that was paused and lost the lock moves nothing). Each item is taken with
+/// LPOP (Ruby, node and php schedulers take with LPOP/LTRIM too, so no item is taken twice),
+/// its `timestamps:` member removed (if any: php writes none), and its bytes pushed unchanged to
+/// `queue:<item.queue>`; an emptied timestamp is deleted and removed from the schedule. An item
+/// that is not JSON or names no queue (or a queue key of the wrong type) becomes a failure record
+/// instead of blocking the others; a schedule member whose key is not a list is dropped from the
+/// schedule and named in the reply.
+///
+/// KEYS: schedule ZSET, lock, queues set, failed list.
+/// ARGV: lock value, namespace prefix, unix now, most items to move, failed_at text, worker.
+/// Returns `{moved, next due ts or -1, bad keys…}`; moved is -1 when fenced out.
+pub const MOVE_DUE_LUA: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'-1', '-1'} end
+local prefix = ARGV[2]
+local moved, limit = 0, tonumber(ARGV[4])
+local bad = {}
+local usable = {}
+local function fail(item, job, queue, why)
+  -- Built by hand: cjson writes an empty table as {}, and the backtrace is a list.
+  local payload = job and item or cjson.encode(item)
+  redis.call('RPUSH', KEYS[4], '{"failed_at":' .. cjson.encode(ARGV[5]) .. ',"payload":' ..
+    payload .. ',"exception":"Resque\\\\Exception","error":' .. cjson.encode(why) ..
+    ',"backtrace":[],"worker":' .. cjson.encode(ARGV[6]) .. ',"queue":' ..
+    cjson.encode(queue or '') .. '}')
+end
+while moved < limit do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 1)
+  if #due == 0 then break end
+  local ts = due[1]
+  local list = prefix .. 'delayed:' .. ts
+  local t = redis.call('TYPE', list)['ok']
+  if t == 'list' then
+    while moved < limit do
+      local item = redis.call('LPOP', list)
+      if not item then break end
+      moved = moved + 1
+      redis.pcall('SREM', prefix .. 'timestamps:' .. item, 'delayed:' .. ts)
+      local ok, job = pcall(cjson.decode, item)
+      if not ok or type(job) ~= 'table' then job = nil end
+      local queue = job and job.queue
+      if type(queue) ~= 'string' or queue == '' then
+        fail(item, job, nil, 'delayed item names no queue: ' .. string.sub(item, 1, 200))
+      else
+        local qkey = prefix .. 'queue:' .. queue
+        if usable[qkey] == nil then usable[qkey] = usable_list(qkey) end
+        if usable[qkey] then
+          redis.pcall('SADD', KEYS[3], queue)
+          redis.call('RPUSH', qkey, item)
+        else
+          fail(item, job, queue, 'queue key ' .. qkey .. ' is not a list (WRONGTYPE)')
+        end
+      end
+    end
+    if redis.call('LLEN', list) == 0 then
+      redis.call('DEL', list)
+      redis.call('ZREM', KEYS[1], ts)
+    end
+  else
+    redis.call('ZREM', KEYS[1], ts)
+    if t ~= 'none' then bad[#bad + 1] = list end
+  end
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reply = {tostring(moved), '-1'}
+if #first == 2 then reply[2] = string.format('%d', tonumber(first[2])) end
+for _, b in ipairs(bad) do reply[#reply + 1] = b end
+return reply
+"#;
+
+pub static MOVE_DUE: LazyLock<redis::Script> = LazyLock::new(|| script(MOVE_DUE_LUA));
+
+/// Enqueue one tick of a recurring schedule exactly once across daemons: fenced by the leader
+/// lock, and nothing if this tick (or a later one) was already handled; the tick is recorded in
+/// the same step as the push. An empty payload only records the tick.
+///
+/// KEYS: lock, last-tick hash, queues set, queue key, Ruby's last_enqueued_at hash.
+/// ARGV: lock value, schedule name, tick (unix s), payload or '', queue name, time text.
+/// Returns 1 (handled), 0 (already handled), -1 (fenced out), -2 (queue key not a list).
+pub const ENQUEUE_TICK_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '')
+if last and last >= tonumber(ARGV[3]) then return 0 end
+if ARGV[4] ~= '' then
+  if not usable_list(KEYS[4]) then return -2 end
+  redis.pcall('SADD', KEYS[3], ARGV[5])
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+  redis.pcall('HSET', KEYS[5], ARGV[2], ARGV[6])
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"#;
+
+pub static ENQUEUE_TICK: LazyLock<redis::Script> = LazyLock::new(|| script(ENQUEUE_TICK_LUA));
+
+/// Take one exact delayed item out of `delayed:<ts>` (LREM: once, even with a scheduler moving
+/// it at the same time), remove its `timestamps:` member, and push it to its queue — or drop it
+/// when no queue is given; an emptied timestamp is cleaned up.
+///
+/// KEYS: schedule ZSET, delayed:<ts>, timestamps:<item>, queues set, queue key.
+/// ARGV: item, ts, timestamps member, queue name ('' = remove).
+/// Returns 1 if taken, 0 if the item was no longer there, -1 if the queue key is not a list.
+pub const DELAYED_TAKE_LUA: &str = r#"
+if ARGV[4] ~= '' and not usable_list(KEYS[5]) then return -1 end
+if not usable_list(KEYS[2]) then return 0 end
+if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
+redis.pcall('SREM', KEYS[3], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.pcall('SADD', KEYS[4], ARGV[4])
+  redis.call('RPUSH', KEYS[5], ARGV[1])
+end
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
+return 1
+"#;
+
+pub static DELAYED_TAKE: LazyLock<redis::Script> = LazyLock::new(|| script(DELAYED_TAKE_LUA));
+
+/// A failed attempt that will be retried: written once (its in-flight entry, token and payload,
+/// must still be there, as for FINISH), it counts as processed, puts the job's next attempt into
+/// the delayed queue (as Ruby and node write it: list, `timestamps:` member, schedule), sets the
+/// status back to WAITING (where the key exists) and takes the job out of flight — in one step.
+/// A failure record is written too when given (`record = "every"`).
+///
+/// KEYS: inflight list, worker key, stat:processed, stat:processed:<id>, failed list,
+/// stat:failed, stat:failed:<id>, schedule ZSET, delayed:<ts>, timestamps:<item>, and the status
+/// key when the job has an id.
+/// ARGV: in-flight entry, failure JSON or '', status JSON, item, ts, member.
+/// Returns 1 (written), 2 (written, no status key), 0 (no longer in flight), -1 (the delayed
+/// key is not a list: nothing written).
+pub const RETRY_LATER_LUA: &str = r#"
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then
+  if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+  return 0
+end
+if not usable_list(KEYS[9]) then return -1 end
+if ARGV[2] ~= '' then
+  redis.call('RPUSH', KEYS[5], ARGV[2])
+  redis.call('INCRBY', KEYS[6], '1')
+  redis.call('INCRBY', KEYS[7], '1')
+end
+redis.call('INCRBY', KEYS[3], '1')
+redis.call('INCRBY', KEYS[4], '1')
+redis.call('RPUSH', KEYS[9], ARGV[4])
+redis.pcall('SADD', KEYS[10], ARGV[6])
+redis.call('ZADD', KEYS[8], ARGV[5], ARGV[5])
+local written = 1
+if KEYS[11] then
+  if not redis.call('SET', KEYS[11], ARGV[3], 'XX') then written = 2 end
+end
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('DEL', KEYS[2])
+return written
+"#;
+
+pub static RETRY_LATER: LazyLock<redis::Script> = LazyLock::new(|| script(RETRY_LATER_LUA));

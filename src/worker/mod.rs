@@ -72,6 +72,8 @@ pub struct Shared {
     pub late: Arc<late_status::LateStatuses>,
     /// `[redis] wait_replicas`: replicas each reservation and outcome waits for, and how long.
     pub wait_replicas: Option<(u32, Duration)>,
+    /// Retry policies of the handlers (`retry = {…}`).
+    pub retry: Arc<crate::scheduler::retry::RetryPolicies>,
 }
 
 /// Seconds since this process started, for the liveness ticks the watchdog reads.
@@ -440,6 +442,20 @@ impl Worker {
             }
         };
         self.setback = Duration::ZERO;
+        let retried = crate::scheduler::retry::retry_failed(
+            &self.conn,
+            &self.shared,
+            &self.id_text,
+            &job,
+            parsed.as_ref().ok(),
+            &outcome,
+            || control.borrow().mode == Mode::Abort,
+        );
+        if self.ticking(retried).instrument(span.clone()).await {
+            stats.processed.fetch_add(1, Ordering::Relaxed);
+            stats.busy.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         let failed = matches!(outcome, Outcome::Failed(_));
         let go_on = {
             let now = *control.borrow();

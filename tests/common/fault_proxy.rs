@@ -212,7 +212,12 @@ fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if upstream && contains(&buf[..n], b"TRACKING") {
+        // The scheduler's own tracking connection (on delayed_queue_schedule) is not the
+        // workers' wake-up connection.
+        if upstream
+            && contains(&buf[..n], b"TRACKING")
+            && !contains(&buf[..n], b"delayed_queue_schedule")
+        {
             tracking.store(true, Ordering::Relaxed);
         }
         match Mode::decode(mode.load(Ordering::Relaxed)) {

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod fault_proxy;
+pub mod node;
 
 pub struct RedisServer {
     child: Child,
