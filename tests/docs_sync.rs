@@ -121,17 +121,30 @@ fn every_config_key_is_documented_and_nothing_more() {
     let top = code_keys("");
     assert_eq!(
         top,
-        ["handler", "instance", "redis", "worker"]
-            .into_iter()
-            .map(String::from)
-            .collect::<BTreeSet<_>>()
+        [
+            "handler",
+            "instance",
+            "redis",
+            "schedule",
+            "scheduler",
+            "worker"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<BTreeSet<_>>()
     );
     let headings: BTreeSet<&str> = man.lines().filter_map(|l| l.strip_prefix(".SS ")).collect();
     assert_eq!(
         headings,
-        ["[redis]", "[worker] and [instance.NAME]", "[[handler]]"]
-            .into_iter()
-            .collect()
+        [
+            "[redis]",
+            "[worker] and [instance.NAME]",
+            "[[handler]]",
+            "[scheduler]",
+            "[[schedule]]"
+        ]
+        .into_iter()
+        .collect()
     );
 }
 

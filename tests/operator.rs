@@ -101,7 +101,7 @@ fn stats_are_aligned_and_counts_pluralised() {
         .lines()
         .map(|l| l.rfind(' ').map(|i| i + 1).unwrap())
         .collect();
-    assert_eq!(columns.len(), 7, "{text}");
+    assert_eq!(columns.len(), 8, "{text}");
     assert!(
         columns.iter().all(|c| *c == columns[0]),
         "values in one column:\n{text}"
