@@ -363,6 +363,7 @@ struct HandlerSection {
     max_jobs: Option<u32>,
     max_memory: Option<Bytes>,
     runner: Option<PathBuf>,
+    start_timeout: Option<Seconds>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1062,6 +1063,7 @@ fn build_handler(
         ("max_jobs", h.max_jobs.is_some()),
         ("max_memory", h.max_memory.is_some()),
         ("runner", h.runner.is_some()),
+        ("start_timeout", h.start_timeout.is_some()),
     ];
     let env: Vec<(String, String)> = h
         .env
@@ -1119,6 +1121,13 @@ fn build_handler(
                     ));
                 }
             }
+            if h.start_timeout.is_some_and(|s| s.0.is_zero()) {
+                return Err(ConfigError::new(
+                    origin,
+                    "handler.start_timeout",
+                    "must be more than 0",
+                ));
+            }
             HandlerKind::Php(PhpSettings {
                 php: h.php.clone().unwrap_or(defaults.php),
                 runner: h.runner.clone().unwrap_or(defaults.runner),
@@ -1132,6 +1141,10 @@ fn build_handler(
                 max_memory: h.max_memory.map(|b| b.0).unwrap_or(defaults.max_memory),
                 timeout: h.timeout.map(|s| s.0),
                 grace: h.grace.map(|s| s.0).unwrap_or(defaults.grace),
+                start_timeout: h
+                    .start_timeout
+                    .map(|s| s.0)
+                    .unwrap_or(defaults.start_timeout),
                 working_dir: h.working_dir.clone(),
                 env,
                 pass_env,
