@@ -1326,6 +1326,27 @@ mod tests {
     }
 
     #[test]
+    fn php_start_timeout() {
+        let php = |text: &str| match parse(text).map(|c| c.handlers[0].kind.clone()) {
+            Ok(HandlerKind::Php(p)) => Ok(p.start_timeout),
+            Ok(_) => panic!("not php"),
+            Err(e) => Err(e.key),
+        };
+        let head = "[[handler]]\nclass = '*'\ntype = \"php\"\n";
+        assert_eq!(php(head), Ok(crate::handler::php::START_TIMEOUT));
+        assert_eq!(
+            php(&format!("{head}start_timeout = \"2m\"\n")),
+            Ok(Duration::from_secs(120))
+        );
+        assert_eq!(
+            php(&format!("{head}start_timeout = 0\n")),
+            Err("handler.start_timeout".to_string())
+        );
+        let exec = "[[handler]]\nclass = '*'\ntype = \"exec\"\ncommand = [\"/bin/true\"]\nstart_timeout = \"5s\"\n";
+        assert_eq!(parse(exec).unwrap_err().key, "handler.start_timeout");
+    }
+
+    #[test]
     fn redis_backend_dsn_database_wins_over_redis_backend_db() {
         // Seen: REDIS_BACKEND=redis://h:6379/2 with REDIS_BACKEND_DB=1 worked db 1; php-resque
         // lets the DSN's database win.
