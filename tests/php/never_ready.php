@@ -1,8 +1,7 @@
 <?php
 /*
- * An entry point that never hands over to the runner: what `php resque runner` does when the
- * app's Queue controller has no `runner` case. args: "quiet" prints nothing and sleeps; "loop"
- * prints like a php-resque worker would not (a plain message), then sleeps.
+ * An entry point that never hands over to the runner (never `require getenv('RESQUE_RUNNER')`):
+ * it prints a line on each stream, then waits for ever, as an app stuck in its boot would.
  */
 fwrite(STDOUT, "booting the application\n");
 fwrite(STDERR, "still booting\n");
