@@ -177,19 +177,56 @@ namespace Resque\Runner {
             }
 
             /**
-             * Defines the DontPerform exception classes when the application's own autoloaders
-             * do not know them (registered last, so php-resque's own classes win when present).
+             * Defines php-resque's exception classes a job may throw (DontPerform, and
+             * Resque\Exception / Resque_Exception, the one the seed's jobs throw to fail) when the
+             * application has not loaded php-resque: without them such a job would fail with
+             * `Class "Resque\Exception" not found` instead of its own message. php-resque's own
+             * classes win when the application can load them: the autoloaders registered after
+             * this one (the bootstrap's, or one a job registers) are asked first.
              */
             public static function autoloadFallback($class)
             {
                 switch (\strtolower(\ltrim($class, '\\'))) {
                     case 'resque\job\dontperform':
-                        eval('namespace Resque\Job; class DontPerform extends \Exception {}');
+                        $code = 'namespace Resque\Job; class DontPerform extends \Exception {}';
                         break;
                     case 'resque_job_dontperform':
-                        eval('class Resque_Job_DontPerform extends \Exception {}');
+                        $code = 'class Resque_Job_DontPerform extends \Exception {}';
                         break;
+                    case 'resque\exception':
+                        $code = 'namespace Resque; class Exception extends \Exception {}';
+                        break;
+                    case 'resque_exception':
+                        $code = 'class Resque_Exception extends \Exception {}';
+                        break;
+                    default:
+                        return;
                 }
+                $self = array(__CLASS__, 'autoloadFallback');
+                $after = false;
+                foreach (\spl_autoload_functions() as $loader) {
+                    if ($after) {
+                        \call_user_func($loader, $class);
+                        if (\class_exists($class, false)) {
+                            return;
+                        }
+                    } elseif (\is_array($loader) && \count($loader) === 2
+                        && $loader[0] === $self[0] && $loader[1] === $self[1]) {
+                        $after = true;
+                    }
+                }
+                eval($code);
+            }
+
+            /**
+             * A backtrace for a failure the runner itself reports (no job class, no perform
+             * method), as php-resque's record has one for the Resque_Exception it throws there:
+             * the runner's frames that led to it.
+             */
+            private static function runnerTrace()
+            {
+                $e = new \Exception();
+                return \explode("\n", $e->getTraceAsString());
             }
 
             private static function isDontPerform($e)
@@ -207,7 +244,7 @@ namespace Resque\Runner {
             {
                 $request = \json_decode($line, true);
                 if (!\is_array($request) || !isset($request['class']) || !\is_string($request['class'])) {
-                    return self::failure('Resque\Exception', 'Could not decode the job request: ' . \json_last_error_msg());
+                    return self::failure('Resque\Exception', 'Could not decode the job request: ' . \json_last_error_msg(), self::runnerTrace());
                 }
                 $queue = isset($request['queue']) ? (string)$request['queue'] : '';
                 $payload = isset($request['payload']) && \is_array($request['payload']) ? $request['payload'] : $request;
@@ -220,10 +257,10 @@ namespace Resque\Runner {
                 try {
                     try {
                         if ($name === '' || !\class_exists($name)) {
-                            return self::failure('Resque\Exception', 'Could not find job class ' . $class . '.');
+                            return self::failure('Resque\Exception', 'Could not find job class ' . $class . '.', self::runnerTrace());
                         }
                         if (!\method_exists($name, 'perform')) {
-                            return self::failure('Resque\Exception', 'Job class ' . $class . ' does not contain a perform method.');
+                            return self::failure('Resque\Exception', 'Job class ' . $class . ' does not contain a perform method.', self::runnerTrace());
                         }
                         $context = new JobContext($queue, $payload);
                         $instance = new $name();

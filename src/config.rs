@@ -490,6 +490,7 @@ struct HandlerSection {
     max_memory: Option<Bytes>,
     runner: Option<PathBuf>,
     retry: Option<crate::scheduler::config::RetrySection>,
+    start_timeout: Option<Seconds>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,9 +734,40 @@ fn apply_overrides(
     if let Some(a) = &o.app_include {
         *app_include = Some(a.clone());
     }
-    if let Some(url) = &o.redis_url {
+    // As php-resque reads REDIS_BACKEND: it names the server; a database in the DSN's path wins
+    // over REDIS_BACKEND_DB (Resque_Redis: "If we have found a database in our DSN, use it
+    // instead"), and credentials in the DSN replace the file's. What the DSN leaves out (a
+    // password or password_file, username, database, namespace, timeouts) stays as configured.
+    let mut dsn_database = false;
+    if let Some(backend) = &o.redis_url {
+        use redis::IntoConnectionInfo;
+        let url = backend_to_url(backend);
+        let dsn = parse_backend(&url);
+        dsn_database = dsn.database;
+        let kept_password = match &redis.url {
+            // A password in the replaced URL is the file's password too.
+            Some(old) if redis.password.is_none() && redis.password_file.is_none() => old
+                .as_str()
+                .into_connection_info()
+                .ok()
+                .and_then(|i| i.redis_settings().password().map(|p| Secret(p.to_string()))),
+            _ => redis.password.clone(),
+        };
+        let (username, password, password_file) = if dsn.password {
+            (None, None, None)
+        } else {
+            (
+                redis.username.clone(),
+                kept_password,
+                redis.password_file.clone(),
+            )
+        };
         *redis = RedisSection {
-            url: Some(backend_to_url(url)),
+            url: Some(url),
+            database: if dsn.database { None } else { redis.database },
+            username,
+            password,
+            password_file,
             namespace: redis.namespace.clone(),
             connect_timeout: redis.connect_timeout,
             command_timeout: redis.command_timeout,
@@ -751,7 +783,9 @@ fn apply_overrides(
                 format!("{db:?} is not a database number"),
             )
         })?;
-        redis.database = Some(n);
+        if !dsn_database {
+            redis.database = Some(n);
+        }
     }
     if let Some(ns) = &o.namespace {
         redis.namespace = Some(ns.clone());
@@ -759,9 +793,35 @@ fn apply_overrides(
     Ok(())
 }
 
-/// php-resque's REDIS_BACKEND: `host:port`, `unix:///path`, or a `redis://` DSN.
+/// What a REDIS_BACKEND DSN carries besides the address.
+struct BackendParts {
+    /// A database: php-resque takes one from any path (`redis://h:6379/2`; `/` is 0).
+    database: bool,
+    /// A password (`redis://:pw@h`, `unix:///s.sock?pass=pw`).
+    password: bool,
+}
+
+fn parse_backend(url: &str) -> BackendParts {
+    use redis::IntoConnectionInfo;
+    let password = url
+        .into_connection_info()
+        .is_ok_and(|i| i.redis_settings().password().is_some());
+    let database = match redis::parse_redis_url(url) {
+        Some(u) if u.scheme().starts_with("redis") && u.scheme() != "redis+unix" => {
+            !u.path().is_empty()
+        }
+        Some(u) => u.query_pairs().any(|(k, _)| k == "db"),
+        None => false,
+    };
+    BackendParts { database, password }
+}
+
+/// php-resque's REDIS_BACKEND: `host:port`, `unix:///path`, or a `redis://` (or php-resque's
+/// `tcp://`) DSN.
 fn backend_to_url(backend: &str) -> String {
-    if backend.contains("://") {
+    if let Some(rest) = backend.strip_prefix("tcp://") {
+        format!("redis://{rest}")
+    } else if backend.contains("://") {
         backend.to_string()
     } else if backend.starts_with('/') {
         format!("unix://{backend}")
@@ -1364,6 +1424,7 @@ fn build_handler(
         ("max_jobs", h.max_jobs.is_some()),
         ("max_memory", h.max_memory.is_some()),
         ("runner", h.runner.is_some()),
+        ("start_timeout", h.start_timeout.is_some()),
     ];
     let env: Vec<(String, String)> = h
         .env
@@ -1421,6 +1482,13 @@ fn build_handler(
                     ));
                 }
             }
+            if h.start_timeout.is_some_and(|s| s.0.is_zero()) {
+                return Err(ConfigError::new(
+                    origin,
+                    "handler.start_timeout",
+                    "must be more than 0",
+                ));
+            }
             HandlerKind::Php(PhpSettings {
                 php: h.php.clone().unwrap_or(defaults.php),
                 runner: h.runner.clone().unwrap_or(defaults.runner),
@@ -1434,6 +1502,10 @@ fn build_handler(
                 max_memory: h.max_memory.map(|b| b.0).unwrap_or(defaults.max_memory),
                 timeout: h.timeout.map(|s| s.0),
                 grace: h.grace.map(|s| s.0).unwrap_or(defaults.grace),
+                start_timeout: h
+                    .start_timeout
+                    .map(|s| s.0)
+                    .unwrap_or(defaults.start_timeout),
                 working_dir: h.working_dir.clone(),
                 env,
                 pass_env,
@@ -1618,6 +1690,118 @@ mod tests {
         assert_eq!(c.redis.connection.redis_settings().db(), 2);
         assert_eq!(c.redis.namespace, "");
         assert!(!format!("{:?} {}", c.redis, c.redis.display).contains("pw"));
+    }
+
+    #[test]
+    fn php_start_timeout() {
+        let php = |text: &str| match parse(text).map(|c| c.handlers[0].kind.clone()) {
+            Ok(HandlerKind::Php(p)) => Ok(p.start_timeout),
+            Ok(_) => panic!("not php"),
+            Err(e) => Err(e.key),
+        };
+        let head = "[[handler]]\nclass = '*'\ntype = \"php\"\n";
+        assert_eq!(php(head), Ok(crate::handler::php::START_TIMEOUT));
+        assert_eq!(
+            php(&format!("{head}start_timeout = \"2m\"\n")),
+            Ok(Duration::from_secs(120))
+        );
+        assert_eq!(
+            php(&format!("{head}start_timeout = 0\n")),
+            Err("handler.start_timeout".to_string())
+        );
+        let exec = "[[handler]]\nclass = '*'\ntype = \"exec\"\ncommand = [\"/bin/true\"]\nstart_timeout = \"5s\"\n";
+        assert_eq!(parse(exec).unwrap_err().key, "handler.start_timeout");
+    }
+
+    #[test]
+    fn redis_backend_dsn_database_wins_over_redis_backend_db() {
+        // Seen: REDIS_BACKEND=redis://h:6379/2 with REDIS_BACKEND_DB=1 worked db 1; php-resque
+        // lets the DSN's database win.
+        let none = Overrides::default();
+        let path = Path::new("/x.toml");
+        let db_of = |backend: &str, db: Option<&str>, file: &str| {
+            let env = Overrides::from_vars(|k| match k {
+                "REDIS_BACKEND" => Some(backend.to_string()),
+                "REDIS_BACKEND_DB" => db.map(str::to_string),
+                _ => None,
+            });
+            from_str(file, path, None, &env, &none)
+                .unwrap()
+                .redis
+                .connection
+                .redis_settings()
+                .db()
+        };
+        assert_eq!(db_of("redis://10.0.0.1:6379/2", Some("1"), ""), 2);
+        assert_eq!(db_of("redis://10.0.0.1:6379/2", None, ""), 2);
+        // A path of "/" is database 0 for php-resque too.
+        assert_eq!(db_of("redis://10.0.0.1:6379/", Some("1"), ""), 0);
+        assert_eq!(db_of("tcp://10.0.0.1:6379/3", Some("1"), ""), 3);
+        // No database in the DSN: REDIS_BACKEND_DB, else the file's `database`.
+        assert_eq!(db_of("redis://10.0.0.1:6379", Some("1"), ""), 1);
+        assert_eq!(db_of("10.0.0.1:6379", Some("1"), ""), 1);
+        assert_eq!(db_of("10.0.0.1:6379", None, "[redis]\ndatabase = 4\n"), 4);
+        assert_eq!(
+            db_of("redis://10.0.0.1:6379/2", None, "[redis]\ndatabase = 4\n"),
+            2
+        );
+        // A flag still wins over the environment's DSN.
+        let env = Overrides::from_vars(|k| {
+            (k == "REDIS_BACKEND").then(|| "redis://10.0.0.1:6379/2".to_string())
+        });
+        let flags = Overrides {
+            database: Some("5".into()),
+            ..Overrides::default()
+        };
+        let c = from_str("", path, None, &env, &flags).unwrap();
+        assert_eq!(c.redis.connection.redis_settings().db(), 5);
+    }
+
+    #[test]
+    fn redis_backend_keeps_the_files_password_unless_the_dsn_has_one() {
+        // Seen: REDIS_BACKEND reset the whole [redis] section, silently dropping the password.
+        let none = Overrides::default();
+        let path = Path::new("/x.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("redis-password");
+        std::fs::write(&file, "fromfile\n").unwrap();
+        let password_with = |backend: &str, text: &str| {
+            let env = Overrides::from_vars(|k| (k == "REDIS_BACKEND").then(|| backend.to_string()));
+            let c = from_str(text, path, None, &env, &none).unwrap();
+            let settings = c.redis.connection.redis_settings().clone();
+            (
+                settings.password().map(str::to_string),
+                settings.username().map(str::to_string),
+                c.redis.namespace,
+                c.redis.display,
+            )
+        };
+        let text = "[redis]\nurl = \"redis://127.0.0.1:6379/1\"\npassword = \"inthefile\"\nusername = \"app\"\nnamespace = \"queue\"\n";
+        let (pass, user, ns, shown) = password_with("10.0.0.1:6380", text);
+        assert_eq!(pass.as_deref(), Some("inthefile"));
+        assert_eq!(user.as_deref(), Some("app"));
+        assert_eq!(ns, "queue:");
+        assert!(shown.starts_with("redis://app@10.0.0.1:6380"), "{shown}");
+        // The file's URL is replaced, not its password.
+        let (pass, ..) = password_with(
+            "redis://10.0.0.1:6380",
+            "[redis]\nurl = \"redis://:inurl@127.0.0.1:6379/1\"\n",
+        );
+        assert_eq!(pass.as_deref(), Some("inurl"));
+        let (pass, ..) = password_with(
+            "redis://10.0.0.1:6380/2",
+            &format!("[redis]\npassword_file = \"{}\"\n", file.display()),
+        );
+        assert_eq!(pass.as_deref(), Some("fromfile"));
+        // A DSN with credentials replaces the file's.
+        let (pass, user, ..) = password_with("redis://:indsn@10.0.0.1:6380/2", text);
+        assert_eq!(pass.as_deref(), Some("indsn"));
+        assert_eq!(user, None);
+        let (pass, ..) = password_with(
+            "redis://:indsn@10.0.0.1:6380/2",
+            &format!("[redis]\npassword_file = \"{}\"\n", file.display()),
+        );
+        assert_eq!(pass.as_deref(), Some("indsn"));
     }
 
     #[test]

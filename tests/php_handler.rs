@@ -344,6 +344,86 @@ async fn a_missing_class_fails_as_php_resque_does() {
 }
 
 #[tokio::test]
+async fn a_missing_class_has_a_backtrace_of_the_runners_frames() {
+    // Seen: the right exception and message but an empty backtrace (php-resque gives one).
+    let handler = pool();
+    for class in ["\\Common\\Job\\Missing", "Common\\Job\\NoPerformJob"] {
+        let failure = expect_failure(&handler, &job(class, json!(null))).await;
+        assert_eq!(failure.exception, "Resque\\Exception");
+        assert!(!failure.backtrace.is_empty(), "{class}: no backtrace");
+        assert!(
+            failure.backtrace[0].starts_with("#0 ") && failure.backtrace[0].contains("runner.php"),
+            "{class}: {:?}",
+            failure.backtrace
+        );
+        assert!(
+            failure.backtrace.last().unwrap().ends_with("{main}"),
+            "{:?}",
+            failure.backtrace
+        );
+    }
+}
+
+#[tokio::test]
+async fn resque_exception_without_php_resque_fails_with_the_jobs_message() {
+    // Seen: without php-resque's autoload the record read
+    // `Error: Class "Resque\Exception" not found`.
+    let handler = pool();
+    let failure =
+        expect_failure(&handler, &job("Common\\Job\\ResqueExceptionJob", json!({}))).await;
+    assert_eq!(failure.exception, "Resque\\Exception");
+    assert_eq!(failure.error, "order 42 is not paid");
+    assert!(
+        failure.backtrace[0].contains("ResqueExceptionJob->perform()"),
+        "{:?}",
+        failure.backtrace
+    );
+    let failure = expect_failure(
+        &handler,
+        &job("Common\\Job\\ResqueExceptionJob", json!({"legacy": true})),
+    )
+    .await;
+    assert_eq!(failure.exception, "Resque_Exception");
+    assert_eq!(failure.error, "legacy resque failure");
+}
+
+#[tokio::test]
+async fn php_resques_own_exception_class_wins_over_the_fallback() {
+    // An autoloader the bootstrap registers (php-resque's) is asked before the runner's fallback.
+    let dir = TempDir::new().unwrap();
+    let marker = out_file(&dir, "own");
+    let bootstrap = dir.path().join("bootstrap.php");
+    std::fs::write(
+        &bootstrap,
+        format!(
+            r#"<?php
+require '{FIXTURES}/jobs.php';
+spl_autoload_register(function ($class) {{
+    if ($class === 'Resque\\Exception') {{
+        eval('namespace Resque; class Exception extends \\Exception {{}}');
+        file_put_contents('{marker}', 'app');
+    }}
+}});
+"#
+        ),
+    )
+    .unwrap();
+    let handler = PhpHandler::new(PhpSettings {
+        bootstrap: Some(bootstrap),
+        ..settings()
+    });
+    let failure =
+        expect_failure(&handler, &job("Common\\Job\\ResqueExceptionJob", json!({}))).await;
+    assert_eq!(failure.exception, "Resque\\Exception");
+    assert_eq!(failure.error, "order 42 is not paid");
+    assert_eq!(
+        read(&marker),
+        "app",
+        "the application's class was not the one loaded"
+    );
+}
+
+#[tokio::test]
 async fn a_fatal_error_fails_with_phps_message_and_the_next_job_runs() {
     let dir = TempDir::new().unwrap();
     let handler = pool();
@@ -708,4 +788,53 @@ async fn dropping_the_handler_ends_its_idle_processes() {
     );
     drop(handler);
     wait_gone(pid).await;
+}
+
+#[tokio::test]
+async fn a_process_that_never_reports_ready_fails_the_job_at_the_start_deadline() {
+    // Seen: the daemon waited forever for a PHP process that never said it was ready.
+    let handler = PhpHandler::new(PhpSettings {
+        bootstrap: None,
+        command: Some(vec!["php".into(), format!("{FIXTURES}/never_ready.php")]),
+        start_timeout: Duration::from_secs(2),
+        ..settings()
+    });
+    let started = std::time::Instant::now();
+    let failure = tokio::time::timeout(
+        Duration::from_secs(30),
+        expect_failure(&handler, &job("Common\\Job\\OkJob", json!(null))),
+    )
+    .await
+    .expect("the job must not wait for ever");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(failure.exception, "Resque\\Job\\DirtyExitException");
+    for part in [
+        "PHP worker failed to start",
+        "never_ready.php",
+        "did not reach resque's runner within 2s",
+        "booting the application",
+        "still booting",
+        "RESQUE_RUNNER",
+    ] {
+        assert!(
+            failure.error.contains(part),
+            "{part:?} in {}",
+            failure.error
+        );
+    }
+    // The process is gone, and the next attempt backs off, then fails the same way.
+    let again = expect_failure(&handler, &job("Common\\Job\\OkJob", json!(null))).await;
+    assert!(
+        again.error.contains("did not reach resque's runner"),
+        "{}",
+        again.error
+    );
+    let leftovers = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{FIXTURES}/never_ready.php")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&leftovers.stdout).trim().is_empty(),
+        "never_ready.php processes left running"
+    );
 }

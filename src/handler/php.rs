@@ -49,6 +49,16 @@ pub use super::process::STDERR_TAIL;
 /// Longest wait between two attempts to start a PHP process that keeps failing to start.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long a new PHP process may take to report ready, unless configured (`start_timeout`).
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What php-resque's worker prints when it starts (`fwrite(STDOUT, '*** Starting worker ' …)` in
+/// the seed's `QueueController::start()`): a process that prints it before it is ready runs a
+/// php-resque worker of its own, not our runner — an entry point whose `runner` case is missing
+/// falls through to `start()`. It would take jobs from Redis behind our back, so it is stopped
+/// at once rather than at the start-up deadline.
+const PHP_RESQUE_WORKER_START: &str = "*** Starting worker";
+
 /// Longest response line accepted from the runner.
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
@@ -102,6 +112,9 @@ pub struct PhpSettings {
     pub timeout: Option<Duration>,
     /// Time between TERM and KILL.
     pub grace: Duration,
+    /// A new process that has not reported ready (its bootstrap or entry point did not reach the
+    /// runner) within this time is killed, and the job it was started for fails.
+    pub start_timeout: Duration,
     /// The processes' working directory; `None` keeps the daemon's.
     pub working_dir: Option<PathBuf>,
     /// Extra environment.
@@ -123,6 +136,7 @@ impl Default for PhpSettings {
             max_memory: 256 * 1024 * 1024,
             timeout: None,
             grace: Duration::from_secs(10),
+            start_timeout: START_TIMEOUT,
             working_dir: None,
             env: Vec::new(),
             pass_env: Vec::new(),
@@ -272,6 +286,10 @@ impl PhpHandler {
             ));
         }
         let working_dir = settings.working_dir.as_deref();
+        let shown = match &settings.command {
+            Some(command) => command.join(" "),
+            None => format!("{} {}", settings.php, runner.display()),
+        };
         let (program, mut cmd) = match &settings.command {
             Some(command) => {
                 let Some((program, args)) = command.split_first() else {
@@ -351,12 +369,15 @@ impl PhpHandler {
             isolation = settings.isolation.as_str(),
             "started PHP worker"
         );
+        let mut output = group.take_output();
+        output.record_startup();
         Ok(PhpProcess {
             ready: false,
+            command: shown,
             jobs: 0,
             requests: Some(requests),
             responses: Some(Lines::new(responses, MAX_RESPONSE)),
-            output: group.take_output(),
+            output,
             group,
         })
     }
@@ -390,7 +411,9 @@ impl PhpHandler {
         };
         process.output.clear_tail();
 
-        let ended = process.exchange(&request, settings.timeout, self).await;
+        let ended = process
+            .exchange(&request, settings.timeout, settings.start_timeout, self)
+            .await;
 
         match ended {
             Ended::Response(response) if !response.exiting => {
@@ -483,6 +506,23 @@ impl PhpHandler {
                 process.terminate(settings.grace).await;
                 process.output.drain().await;
                 Err(timed_out(limit, process.output.tail()))
+            }
+            Ended::NotReady(why) => {
+                // Nothing of ours runs in it yet: no grace. A php-resque worker it runs (and that
+                // worker's job child) must not keep taking jobs from Redis.
+                process.group.signal(Signal::SIGKILL);
+                let _ = process.group.wait().await;
+                process.group.disarm();
+                process.output.drain().await;
+                self.start_failed();
+                let printed = process.output.startup();
+                let error = why.message(
+                    &process.command,
+                    self.inner.settings.start_timeout,
+                    &printed,
+                );
+                tracing::error!(pid = process.pid(), "{error}");
+                Err(JobFailure::new(DIRTY_EXIT_EXCEPTION, error).with_backtrace(printed))
             }
             Ended::Protocol(problem) => {
                 tracing::error!(pid = process.pid(), "PHP runner protocol error: {problem}");
@@ -730,8 +770,52 @@ enum Ended {
     /// The process ended without answering (so far: [`PhpProcess::last_response`]).
     Died(std::io::Result<ExitStatus>),
     TimedOut,
+    /// A new process did not reach the runner.
+    NotReady(NotReady),
     /// The runner said something we do not understand.
     Protocol(String),
+}
+
+/// Why a new process was given up before it reported ready.
+enum NotReady {
+    /// It printed this line, php-resque's own worker starting.
+    PhpResqueWorker(String),
+    /// Nothing came from the runner within the start-up deadline.
+    Deadline,
+}
+
+impl NotReady {
+    fn message(&self, command: &str, limit: Duration, printed: &[String]) -> String {
+        let last = printed
+            .iter()
+            .rev()
+            .filter(|line| !line.trim().is_empty())
+            .take(3)
+            .map(|line| line.trim().chars().take(300).collect::<String>())
+            .collect::<Vec<_>>();
+        let said = if last.is_empty() {
+            "it printed nothing".to_string()
+        } else {
+            let lines: Vec<String> = last.into_iter().rev().collect();
+            format!("it printed: {}", lines.join(" | "))
+        };
+        match self {
+            NotReady::PhpResqueWorker(line) => format!(
+                "PHP worker failed to start: `{command}` started a php-resque worker instead of \
+                 resque's runner (it printed {line:?}); stopped it. The entry point must hand over \
+                 with `require getenv('RESQUE_RUNNER');` (ThinkPHP: the Queue controller needs the \
+                 `runner` case in index(), see docs/thinkphp.md)"
+            ),
+            NotReady::Deadline => format!(
+                "PHP worker failed to start: `{command}` did not reach resque's runner within {} \
+                 ({said}); stopped it. The entry point must end with \
+                 `require getenv('RESQUE_RUNNER');` (ThinkPHP: the Queue controller needs the \
+                 `runner` case in index()); if the application only boots slowly, raise \
+                 start_timeout",
+                humantime::format_duration(limit)
+            ),
+        }
+    }
 }
 
 /// One PHP process and its process group, killed with it when dropped before it has ended.
@@ -742,6 +826,8 @@ struct PhpProcess {
     group: ProcessGroup,
     /// The runner said it is ready (its bootstrap succeeded).
     ready: bool,
+    /// The command line it was started with, for errors.
+    command: String,
     /// Jobs completed.
     jobs: u32,
     /// Requests (the runner's fd 3). `None` closes it: the runner exits.
@@ -761,11 +847,14 @@ impl PhpProcess {
         &mut self,
         request: &[u8],
         timeout: Option<Duration>,
+        start_timeout: Duration,
         handler: &PhpHandler,
     ) -> Ended {
         let pid = self.pid();
         let timer = time_limit(timeout);
         tokio::pin!(timer);
+        let start_deadline = time_limit((!self.ready).then_some(start_timeout));
+        tokio::pin!(start_deadline);
 
         let requests = &mut self.requests;
         let feed = async move {
@@ -786,6 +875,7 @@ impl PhpProcess {
                     Some(line) => match parse_message(&line) {
                         Ok(Parsed::Ready(php_pid)) => {
                             self.ready = true;
+                            self.output.stop_startup();
                             handler.started();
                             tracing::debug!(pid, php_pid, "PHP worker ready");
                         }
@@ -793,7 +883,18 @@ impl PhpProcess {
                         Err(problem) => return Ended::Protocol(problem),
                     },
                 },
-                () = self.output.next(), if self.output.is_open() => {}
+                () = self.output.next(), if self.output.is_open() => {
+                    if !self.ready {
+                        let printed = self.output.startup();
+                        if let Some(line) = printed
+                            .iter()
+                            .find(|line| line.trim_start().starts_with(PHP_RESQUE_WORKER_START))
+                        {
+                            return Ended::NotReady(NotReady::PhpResqueWorker(line.trim().to_string()));
+                        }
+                    }
+                }
+                () = &mut start_deadline, if !self.ready => return Ended::NotReady(NotReady::Deadline),
                 written = &mut feed, if !fed => {
                     fed = true;
                     if let Err(e) = written {

@@ -500,6 +500,26 @@ impl Output {
         self.sink.tail.iter().cloned().collect()
     }
 
+    /// From now on, also keep the last [`STDERR_TAIL`] lines of both streams, in the order
+    /// read, until [`Output::stop_startup`]: what a long-lived child printed while starting.
+    pub(super) fn record_startup(&mut self) {
+        self.sink.startup = Some(VecDeque::with_capacity(STDERR_TAIL));
+    }
+
+    /// Stops keeping what [`Output::record_startup`] keeps, and forgets it.
+    pub(super) fn stop_startup(&mut self) {
+        self.sink.startup = None;
+    }
+
+    /// The lines kept since [`Output::record_startup`], oldest first.
+    pub(super) fn startup(&self) -> Vec<String> {
+        self.sink
+            .startup
+            .as_ref()
+            .map(|lines| lines.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Forgets the stderr tail: a long-lived child starts a new job.
     pub(super) fn clear_tail(&mut self) {
         self.report_dropped();
@@ -522,6 +542,8 @@ struct Sink {
     dropped: u64,
     /// The last line was dropped: the budget is spent.
     dropping: bool,
+    /// Lines of both streams, while [`Output::record_startup`] asks for them.
+    startup: Option<VecDeque<String>>,
 }
 
 impl Sink {
@@ -531,12 +553,19 @@ impl Sink {
             tail: VecDeque::with_capacity(STDERR_TAIL),
             dropped: 0,
             dropping: false,
+            startup: None,
         }
     }
 
     /// Logs one line (without its `\n`), if the budget allows; returns whether it did.
     fn line(&mut self, kind: Kind, line: &[u8]) -> bool {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(startup) = &mut self.startup {
+            if startup.len() == STDERR_TAIL {
+                startup.pop_front();
+            }
+            startup.push_back(String::from_utf8_lossy(line).into_owned());
+        }
         self.dropping = !self.budget.take(line.len() as u64 + LINE_COST);
         if self.dropping {
             self.dropped = self.dropped.saturating_add(line.len() as u64 + 1);

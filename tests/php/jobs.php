@@ -233,3 +233,20 @@ class BootedJob
         report($this->args, defined('RESQUE_TEST_ENTRY_BOOTED') ? 'entry' : 'runner');
     }
 }
+
+/**
+ * Throws php-resque's own exception, as the seed's jobs do to fail; php-resque is not loaded
+ * here (the runner's fallback class stands in). args: {"legacy": true} throws Resque_Exception.
+ */
+class ResqueExceptionJob
+{
+    public $args;
+
+    public function perform()
+    {
+        if (!empty($this->args['legacy'])) {
+            throw new \Resque_Exception('legacy resque failure');
+        }
+        throw new \Resque\Exception('order 42 is not paid');
+    }
+}

@@ -17,9 +17,14 @@ define('APP_PATH', __DIR__ . '/Application/');
 define('COMMON_PATH', APP_PATH . 'Common/');
 
 // php-resque, for jobs that enqueue further jobs or read a job's status: the
-// same library and the same backend call as the app_init behaviour of the seed.
+// same library and the same backend call as the app_init behaviour of the seed,
+// with the app's own QUEUE config (Conf/config.php must be a plain
+// "return array(...)" file). Jobs that only throw \Resque\Exception (or
+// Resque_Exception, DontPerform) do not need it: the runner defines those
+// classes when php-resque is not loaded.
 require_once __DIR__ . '/ThinkPHP/Library/Vendor/php-resque/autoload.php';
-\Resque::setBackend(array('redis' => array('host' => '127.0.0.1', 'port' => '6379')), 1);
+$config = require COMMON_PATH . 'Conf/config.php';
+\Resque::setBackend(array('redis' => $config['QUEUE']), 1);
 
 // The job classes, loaded as QueueController::start() loaded them: every .php
 // file in Application/Common/Job (XxxxJob.class.php, XxxxJob.php).
