@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::node::{ensure_node_resque, node_dir};
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -12,75 +13,10 @@ use serde_json::{json, Value};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A generous bound for anything to happen (a hang guard, not a speed assertion).
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
-}
-
-/// Runs `npm ci` in tests/node unless node_modules already matches package-lock.json. Once per
-/// test process, and under a file lock so that parallel test processes do not race.
-fn ensure_node_resque() {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(e) = INSTALLED.get_or_init(install_node_resque) {
-        panic!("{e}");
-    }
-}
-
-fn install_node_resque() -> Result<(), String> {
-    let dir = node_dir();
-    for tool in ["node", "npm"] {
-        let found = Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            return Err(format!(
-                "`{tool}` is not installed: the node-resque interop tests need Node.js and npm \
-                 (apt-get install nodejs npm; .ci/run installs them)"
-            ));
-        }
-    }
-    let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-interop-npm.lock");
-    let lock_file = std::fs::File::create(&lock_path)
-        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
-
-    let lock_text = std::fs::read_to_string(dir.join("package-lock.json"))
-        .map_err(|e| format!("cannot read tests/node/package-lock.json: {e}"))?;
-    // The lock file's content, written into node_modules after a successful install.
-    let stamp = dir.join("node_modules/.interop-stamp");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock_text.as_str())
-        && dir.join("node_modules/node-resque/package.json").is_file()
-    {
-        return Ok(());
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run npm ci: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`npm ci` in {} failed ({}):\n{}{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::write(&stamp, &lock_text).map_err(|e| format!("cannot write {stamp:?}: {e}"))?;
-    Ok(())
-}
 
 /// Runs `node peer.js ARGS…` against the Redis on `port`, killing it if it outlives [`LIMIT`];
 /// panics with its output unless it succeeds.
