@@ -51,7 +51,10 @@ awk '/^## 2\./ {in2=1} in2 && /^```toml$/ {grab=1; next} grab && /^```$/ {exit} 
 expect "the guide's config has a php handler" 'type = "php"' "$(cat "$work/resque.toml")"
 conf=(--config "$work/resque.toml")
 out=$("$resque" "${conf[@]}" config check --instance default)
-expect "config check" ': OK .*db 1, namespace "resque:", queues default' "$out"
+expect "config check" ': OK for instance default' "$out"
+expect "config check: the database" 'redis +redis://127.0.0.1:[0-9]+ db 1 ' "$out"
+expect "config check: the namespace" 'namespace +"resque:"' "$out"
+expect "config check: the queues" 'queues +default ' "$out"
 expect "resque queues" '^default +1$' "$("$resque" "${conf[@]}" queues)"
 
 step "4b. the runner case in the Queue controller, and the boot check"

@@ -59,6 +59,7 @@ fn a_queue_controller_without_the_runner_case_is_stopped_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let app: PathBuf = dir.path().join("app");
     copy_dir(&Path::new(FIXTURE).join("app"), &app);
+    std::fs::create_dir_all(app.join("Application/Home/Controller")).unwrap();
     std::fs::copy(
         Path::new(FIXTURE).join("seed/QueueController.class.php"),
         app.join("Application/Home/Controller/QueueController.class.php"),
