@@ -126,6 +126,51 @@ fn failover(sentinels: &[SentinelNode], from: u16) -> u16 {
     to
 }
 
+/// Pushes `n` php-resque jobs to the master on `port` and waits for a replica to have them.
+fn push_batch(port: u16, next: &mut usize, n: usize, ids: &mut Vec<String>) {
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut pipe = redis::pipe();
+    pipe.sadd("resque:queues", "default").ignore();
+    for i in *next..*next + n {
+        let id = format!("job{i:05}");
+        pipe.rpush(
+            "resque:queue:default",
+            format!(r#"{{"class":"Job","args":[{{"n":{i}}}],"id":"{id}"}}"#),
+        )
+        .ignore();
+        ids.push(id);
+    }
+    *next += n;
+    let _: () = pipe.query(&mut c).unwrap();
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut c).unwrap();
+    assert_eq!(acked, 1, "a replica has the batch");
+}
+
+/// Waits (bounded) until every id ran.
+fn wait_all(dir: &Path, ids: &[String], daemon: &Daemon, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = runs(dir);
+        let seen: std::collections::HashSet<&str> = r.iter().map(String::as_str).collect();
+        let missing = ids.iter().filter(|id| !seen.contains(id.as_str())).count();
+        if missing == 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = daemon.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{missing} jobs never ran waiting for {what}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_runs(dir: &Path, n: usize, daemon: &Daemon, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while runs(dir).len() <= n {
@@ -206,44 +251,35 @@ command = ["/bin/sh", "-c", 'cat >/dev/null; sleep 0.02; echo "$RESQUE_JOB_ID" >
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut ids = vec![stdout(&o).trim().to_string()];
 
-    // 5,000 jobs on the primary, replicated before anything fails.
-    let mut c = a.conn();
-    let mut pipe = redis::pipe();
-    pipe.sadd("resque:queues", "default").ignore();
-    for i in 0..5000 {
-        let id = format!("job{i:05}");
-        pipe.rpush(
-            "resque:queue:default",
-            format!(r#"{{"class":"Job","args":[{{"n":{i}}}],"id":"{id}"}}"#),
-        )
-        .ignore();
-        ids.push(id);
-    }
-    let _: () = pipe.query(&mut c).unwrap();
-    let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut c).unwrap();
-    assert_eq!(acked, 1);
+    // 5,000 jobs in batches, each pushed to the master of the moment and replicated before
+    // anything fails: 2,000 before the first failover, 1,000 after each forced one (they must
+    // run: workers back at work on the new master), 1,000 after the crash.
+    let mut next = 0;
+    push_batch(a.port, &mut next, 2000, &mut ids);
 
     let daemon = Daemon::start(&cfg, &[]);
     let started = Instant::now();
-    wait_for("some jobs", Duration::from_secs(60), || {
-        (runs(dir.path()).len() > 500).then_some(())
-    });
+    wait_runs(dir.path(), 500, &daemon, "some jobs");
     let first = failover(&sentinels, a.port);
     eprintln!(
         "failover 1 → {first} after {:?}, {} ran",
         started.elapsed(),
         runs(dir.path()).len()
     );
-    // Full speed again: 300 more jobs (the switch and the resync of the old master took their
-    // time above; the jobs kept running on the new master meanwhile).
-    let at = runs(dir.path()).len();
-    wait_runs(dir.path(), at + 300, &daemon, "progress after failover 1");
+    push_batch(first, &mut next, 1000, &mut ids);
+    wait_all(
+        dir.path(),
+        &ids,
+        &daemon,
+        "the jobs pushed after failover 1",
+    );
     let second = failover(&sentinels, first);
     eprintln!(
         "failover 2 → {second} after {:?}, {} ran",
         started.elapsed(),
         runs(dir.path()).len()
     );
+    push_batch(second, &mut next, 1000, &mut ids);
     let at = runs(dir.path()).len();
     wait_runs(dir.path(), at + 300, &daemon, "progress after failover 2");
     // The primary of the moment dies (no failover handshake: a crash).
@@ -264,6 +300,27 @@ command = ["/bin/sh", "-c", 'cat >/dev/null; sleep 0.02; echo "$RESQUE_JOB_ID" >
         killed.port,
         started.elapsed()
     );
+    // Sentinel promotes the survivor; the last batch goes there.
+    wait_for("the survivor promoted", Duration::from_secs(60), || {
+        (sentinels[0].master_port() == Some(survivor.port)
+            && info(survivor.port, "replication").contains("role:master"))
+        .then_some(())
+    });
+    {
+        let mut c = survivor.conn();
+        let mut pipe = redis::pipe();
+        pipe.sadd("resque:queues", "default").ignore();
+        for i in next..next + 1000 {
+            let id = format!("job{i:05}");
+            pipe.rpush(
+                "resque:queue:default",
+                format!(r#"{{"class":"Job","args":[{{"n":{i}}}],"id":"{id}"}}"#),
+            )
+            .ignore();
+            ids.push(id);
+        }
+        let _: () = pipe.query(&mut c).unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let r = runs(dir.path());
