@@ -884,3 +884,84 @@ fn without_client_tracking_idle_workers_look_every_interval() {
         "said once:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stopping and reporting while Redis is down (an operator's view).
+
+#[test]
+fn term_while_redis_is_down_respects_the_shutdown_timeout() {
+    // Seen: TERM while Redis was down took 7.8 s with shutdown_timeout = "5s".
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &redis.url(),
+        dir.path(),
+        "queues = [\"default\"]\ncount = 2\nshutdown_timeout = \"5s\"",
+        20.0,
+    );
+    let mut daemon = Daemon::start(&cfg, &[]);
+    wait_ready(&daemon, &redis, 2);
+    push_tracked(&redis, "default", 1);
+    wait_for("the job running", Duration::from_secs(30), || {
+        let keys: Vec<String> = redis.conn().keys("resque:inflight:*").ok()?;
+        keys.iter()
+            .any(|k| redis.conn().llen::<_, usize>(k).unwrap_or(0) > 0)
+            .then_some(())
+    });
+    drop(redis);
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(30));
+    let took = asked.elapsed();
+    eprintln!("stopped {took:?} after TERM");
+    // shutdown_timeout, and then the job is killed and left in flight at once (Redis is down:
+    // recovery puts it back later); 1.5 s of margin for a loaded machine.
+    assert!(
+        took < Duration::from_millis(6500),
+        "took {took:?} with shutdown_timeout 5s\n{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn once_redis_is_back_no_old_error_is_reported() {
+    // Seen: the first command after a Redis outage reported the outage's old error
+    // ("heartbeat failed: Connection refused" 22 s after Redis was back).
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&redis.url(), dir.path(), "queues = [\"default\"]", 0.0);
+    let daemon = Daemon::start(&cfg, &[]);
+    wait_ready(&daemon, &redis, 1);
+    drop(redis);
+    std::thread::sleep(Duration::from_secs(3));
+    let redis = RedisServer::start_on(port);
+    let back = daemon.log_text().lines().count();
+    // The next heartbeat (every 30 s) and a job both work, and nothing after Redis came back
+    // blames the outage.
+    wait_for(
+        "a heartbeat after Redis came back",
+        Duration::from_secs(45),
+        || {
+            let beats: BTreeMap<String, String> =
+                redis.conn().hgetall("resque:workers:heartbeat").ok()?;
+            (!beats.is_empty()).then_some(())
+        },
+    );
+    let ids = push_tracked(&redis, "default", 1);
+    wait_for("the job", Duration::from_secs(30), || {
+        runs(dir.path()).contains(&ids[0]).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let log = daemon.log_text();
+    let after: Vec<&str> = log.lines().skip(back + 2).collect();
+    let stale: Vec<&&str> = after
+        .iter()
+        .filter(|l| l.contains("refused") || l.contains("heartbeat failed"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "old errors after Redis came back: {stale:?}"
+    );
+}
