@@ -98,7 +98,9 @@ for _, queue in ipairs(names) do
         cjson.encode(ARGV[2]) .. ',"payload":' .. payload .. '}')
       local key = status_key(prefix, payload)
       if key and not redis.call('SET', key, '{"status":2,"updated":' .. ARGV[3] .. '}', 'XX') then
-        late = '1'
+        -- The enqueuer's status SET follows its push: if jobs were pushed after this one, it
+        -- has landed already (the job is untracked); only the last job may still get one.
+        if redis.call('LLEN', prefix .. 'queue:' .. queue) == 0 then late = '1' end
       end
     end
     local reply = {'job', queue, entry, late}
